@@ -1,0 +1,1 @@
+"""MDP controller: runs on the monitoring host (Python 3.10+)."""
