@@ -1,1 +1,18 @@
-"""MDP operations: one module per family; each public function is an operation named module.function."""
+"""MDP operations: one module per family; each public function is an operation named module.function.
+
+Its docstring is the hint users see: the first line is a one-line summary, then the arguments and
+the shape of the result. Arguments are keyword arguments with JSON-typed defaults; results are
+JSON-serialisable. Modules whose names start with "_" are helpers, not families.
+"""
+
+
+def mutating(func):
+    """Mark an operation that changes the machine: the registry refuses it unless enabled."""
+    func.mdp_mutating = True
+    return func
+
+
+def inline(func):
+    """Mark a trivially cheap operation that the server may run on its event loop directly."""
+    func.mdp_inline = True
+    return func

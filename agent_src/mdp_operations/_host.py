@@ -1,0 +1,132 @@
+"""The one place operations touch the host: reads of /proc, /sys and /etc, and running programs.
+
+Tests point the roots at recorded fixture trees (tests/fixtures/proc/NAME, tests/fixtures/sys/NAME)
+so every parser can be checked against exact, hand-computed values from another kernel.
+"""
+
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+
+_REAL = {"proc": "/proc", "sys": "/sys", "etc": "/etc"}
+_roots = dict(_REAL)
+_lock = threading.Lock()
+
+# Programs run by operations see only this environment: no inherited secrets, C locale so the
+# output we parse is not translated.
+MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
+# Bound on what we keep of a program's output; service status output is a few hundred bytes.
+MAX_OUTPUT = 64 * 1024
+
+
+def set_roots(proc=None, sys=None, etc=None):
+    """Point reads at other trees (None keeps the current one); returns the previous roots."""
+    with _lock:
+        previous = dict(_roots)
+        for key, value in (("proc", proc), ("sys", sys), ("etc", etc)):
+            if value is not None:
+                _roots[key] = value
+        return previous
+
+
+def reset_roots():
+    set_roots(**_REAL)
+
+
+@contextlib.contextmanager
+def roots(proc=None, sys=None, etc=None):
+    previous = set_roots(proc, sys, etc)
+    try:
+        yield
+    finally:
+        set_roots(**previous)
+
+
+def is_real():
+    """True when reading this machine itself (not fixtures); ioctl-based answers need that."""
+    return _roots == _REAL
+
+
+def identity():
+    """A key that changes when the roots change, so cached samples never mix two hosts."""
+    return (_roots["proc"], _roots["sys"])
+
+
+def path(kind, *parts):
+    """Host path for kind ('proc', 'sys' or 'etc') and parts below it."""
+    return os.path.join(_roots[kind], *parts)
+
+
+def read(kind, *parts):
+    """Text of a host file; IOError/OSError propagate (callers decide what absence means)."""
+    with open(path(kind, *parts), "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def read_or(default, kind, *parts):
+    """Text of a host file, or default when it is absent or unreadable (a process that exited,
+    a /sys attribute the driver does not implement: EINVAL on a virtual NIC's speed)."""
+    try:
+        return read(kind, *parts)
+    except OSError:
+        return default
+
+
+def listdir(kind, *parts):
+    try:
+        return os.listdir(path(kind, *parts))
+    except OSError:
+        return []
+
+
+def readlink(kind, *parts):
+    try:
+        return os.readlink(path(kind, *parts))
+    except OSError:
+        return None
+
+
+def pids():
+    """Process ids present now, as ints."""
+    return [int(name) for name in listdir("proc") if name.isdigit()]
+
+
+def page_size():
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def clock_ticks():
+    return os.sysconf("SC_CLK_TCK")
+
+
+def run(argv, timeout=5.0):
+    """Run argv (a list, never a shell) with the minimal environment and a timeout.
+
+    Returns (exit_code, output_text) with stderr merged and output bounded by MAX_OUTPUT.
+    Raises OSError when the program cannot be started, and subprocess.TimeoutExpired after
+    killing it when it runs past timeout.
+    """
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=MINIMAL_ENV, close_fds=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out[:MAX_OUTPUT].decode("utf-8", "replace")
+
+
+def find_program(name, dirs=("/usr/sbin", "/usr/bin", "/sbin", "/bin")):
+    """Absolute path of an executable program in dirs, or None."""
+    for d in dirs:
+        candidate = os.path.join(d, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def is_missing(exc):
+    return getattr(exc, "errno", None) in (errno.ENOENT, errno.ESRCH)

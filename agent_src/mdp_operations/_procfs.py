@@ -1,0 +1,46 @@
+"""Parsers for /proc files that more than one family reads."""
+
+from . import _host
+
+# /proc/stat cpu columns in kernel order. Kernels before 2.6.33 stop early (no guest_nice),
+# 2.6.11 and older earlier still; missing columns count as 0. guest and guest_nice are already
+# included in user and nice, so totals leave them out to avoid counting them twice.
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
+TOTAL_FIELDS = CPU_FIELDS[:8]
+
+
+def stat():
+    """/proc/stat as {"cpu": {field: ticks}, "cpus": {index: {field: ticks}}, "btime": int, ...}."""
+    result = {"cpu": None, "cpus": {}}
+    for line in _host.read("proc", "stat").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        key = parts[0]
+        if key.startswith("cpu"):
+            values = [int(v) for v in parts[1:]] + [0] * len(CPU_FIELDS)
+            times = dict(zip(CPU_FIELDS, values))
+            if key == "cpu":
+                result["cpu"] = times
+            else:
+                result["cpus"][int(key[3:])] = times
+        elif len(parts) == 2 and parts[1].isdigit():
+            result[key] = int(parts[1])
+    return result
+
+
+def total_ticks(times):
+    return sum(times[f] for f in TOTAL_FIELDS)
+
+
+def meminfo():
+    """/proc/meminfo as {field: bytes} (the kernel writes kB; HugePages_* counts stay counts)."""
+    result = {}
+    for line in _host.read("proc", "meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts:
+            continue
+        value = int(parts[0])
+        result[key.strip()] = value * 1024 if parts[1:] == ["kB"] else value
+    return result

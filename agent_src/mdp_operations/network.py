@@ -1,0 +1,181 @@
+"""Network interfaces, their counters and listening sockets."""
+
+import binascii
+import fcntl
+import socket
+import struct
+
+from . import _host
+
+# ioctl request numbers from <linux/sockios.h>; the kernel has no file that lists IPv4 addresses
+# per interface (fib_trie lacks interface names), so these are the ioctl-free way's only gap.
+_SIOCGIFADDR = 0x8915
+_SIOCGIFNETMASK = 0x891B
+_IFNAMSIZ = 16
+# if_inet6 scope values (include/net/ipv6.h IPV6_ADDR_*), shifted as the kernel prints them.
+_SCOPES = {0x00: "global", 0x10: "host", 0x20: "link", 0x40: "site"}
+# TCP states from include/net/tcp_states.h: 0A is LISTEN; an unconnected UDP socket shows 07.
+_TCP_LISTEN = "0A"
+_UDP_UNCONNECTED = "07"
+# Bound on the answer: a busy host can have thousands of sockets; a datagram reply cannot.
+MAX_SOCKETS = 500
+
+
+def _int_or_none(text):
+    try:
+        value = int(text.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None  # speed -1: link down or unknown
+
+
+def _ipv4(name):
+    """[{"address", "netmask"}] of an interface via ioctl; [] when unknown or not on this host."""
+    if not _host.is_real():
+        return []  # fixture trees describe another machine: its addresses cannot be asked
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        request = struct.pack("%ds" % (_IFNAMSIZ * 2 + 8), name.encode("utf-8")[:_IFNAMSIZ - 1])
+        try:
+            address = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)[20:24]
+            netmask = fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, request)[20:24]
+        except OSError:
+            return []  # no IPv4 address, or the interface went away
+        return [{"address": socket.inet_ntoa(address), "netmask": socket.inet_ntoa(netmask)}]
+    finally:
+        sock.close()
+
+
+def _ipv6_by_interface():
+    result = {}
+    for line in _host.read_or("", "proc", "net", "if_inet6").splitlines():
+        parts = line.split()
+        if len(parts) != 6:
+            continue
+        address = socket.inet_ntop(socket.AF_INET6, binascii.unhexlify(parts[0]))
+        scope = int(parts[3], 16)
+        result.setdefault(parts[5], []).append({
+            "address": address,
+            "prefixlen": int(parts[2], 16),
+            "scope": _SCOPES.get(scope, hex(scope)),
+        })
+    return result
+
+
+def interfaces():
+    """Network interfaces with addresses and link state.
+
+    No arguments. Returns a list, sorted by name, of {"name", "mac", "mtu", "state" (operstate:
+    up, down, unknown...), "speed_mbps" (null when the driver does not say), "duplex",
+    "ipv4": [{"address", "netmask"}] (the primary address, by ioctl), "ipv6": [{"address",
+    "prefixlen", "scope"}]}.
+    """
+    ipv6 = _ipv6_by_interface()
+    result = []
+    for name in sorted(_host.listdir("sys", "class", "net")):
+        def attr(key, name=name):
+            return _host.read_or("", "sys", "class", "net", name, key).strip()
+        result.append({
+            "name": name,
+            "mac": attr("address") or None,
+            "mtu": _int_or_none(attr("mtu")),
+            "state": attr("operstate") or None,
+            "speed_mbps": _int_or_none(attr("speed")),
+            "duplex": attr("duplex") or None,
+            "ipv4": _ipv4(name),
+            "ipv6": ipv6.get(name, []),
+        })
+    return result
+
+
+_DEV_RX = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "rx_fifo", "rx_frame",
+           "rx_compressed", "rx_multicast")
+_DEV_TX = ("tx_bytes", "tx_packets", "tx_errors", "tx_dropped", "tx_fifo", "tx_collisions",
+           "tx_carrier", "tx_compressed")
+
+
+def stats():
+    """Cumulative traffic counters per interface from /proc/net/dev.
+
+    No arguments. Returns a list, sorted by name, of {"name", "rx_bytes", "rx_packets",
+    "rx_errors", "rx_dropped", "rx_fifo", "rx_frame", "rx_compressed", "rx_multicast",
+    "tx_bytes", "tx_packets", "tx_errors", "tx_dropped", "tx_fifo", "tx_collisions",
+    "tx_carrier", "tx_compressed"}.
+    """
+    result = []
+    for line in _host.read("proc", "net", "dev").splitlines()[2:]:
+        # Older kernels print "eth0:123" with no space once counters grow: split on the colon.
+        name, sep, rest = line.partition(":")
+        values = rest.split()
+        if not sep or len(values) < 16:
+            continue
+        entry = {"name": name.strip()}
+        entry.update(zip(_DEV_RX + _DEV_TX, (int(v) for v in values)))
+        result.append(entry)
+    return sorted(result, key=lambda e: e["name"])
+
+
+def _address(hex_address):
+    """Address from /proc/net/tcp's hex: 32-bit words in host (little-endian) byte order."""
+    raw = binascii.unhexlify(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return socket.inet_ntoa(words)
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def _socket_owners(inodes):
+    """{inode: (pid, process name)} for the wanted socket inodes, found through /proc/PID/fd."""
+    owners = {}
+    wanted = {"socket:[%d]" % i for i in inodes}
+    for pid in _host.pids():
+        for fd in _host.listdir("proc", str(pid), "fd"):
+            target = _host.readlink("proc", str(pid), "fd", fd)
+            if target in wanted:
+                inode = int(target[8:-1])
+                if inode not in owners:
+                    comm = _host.read_or("", "proc", str(pid), "comm").strip() or None
+                    owners[inode] = (pid, comm)
+        if len(owners) == len(wanted):
+            break
+    return owners
+
+
+def listening(resolve_processes=True):
+    """Sockets waiting for connections: TCP in LISTEN, UDP bound and unconnected.
+
+    resolve_processes: find the owning process through /proc/PID/fd (needs root for other
+    users' processes; unresolved owners are null).
+    Returns a list, sorted by protocol then port, of {"proto": "tcp"|"tcp6"|"udp"|"udp6",
+    "address", "port", "uid", "inode", "pid", "process"}; at most 500 entries.
+    """
+    entries = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        lines = _host.read_or("", "proc", "net", proto).splitlines()[1:]
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10:
+                continue
+            local, remote, state = parts[1], parts[2], parts[3]
+            if proto.startswith("tcp"):
+                if state != _TCP_LISTEN:
+                    continue
+            elif state != _UDP_UNCONNECTED or not remote.endswith(":0000"):
+                continue
+            address, _, port = local.rpartition(":")
+            entries.append({
+                "proto": proto,
+                "address": _address(address),
+                "port": int(port, 16),
+                "uid": int(parts[7]),
+                "inode": int(parts[9]),
+                "pid": None,
+                "process": None,
+            })
+    entries.sort(key=lambda e: (e["proto"], e["port"], e["address"]))
+    entries = entries[:MAX_SOCKETS]
+    if resolve_processes:
+        owners = _socket_owners([e["inode"] for e in entries if e["inode"]])
+        for entry in entries:
+            entry["pid"], entry["process"] = owners.get(entry["inode"], (None, None))
+    return entries
