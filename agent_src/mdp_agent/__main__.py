@@ -1,0 +1,119 @@
+"""python3 -m mdp_agent: run the MDP agent in the foreground (systemd/upstart supervise it)."""
+
+import argparse
+import logging
+import signal
+import sys
+
+from . import __version__, config, keyfile
+from .loop import Loop
+from .registry import load_default_registry
+from .server import Agent, WorkerPool
+
+log = logging.getLogger("mdp_agent")
+
+DESCRIPTION = """\
+Run the MDP agent: answer signed UDP/JSON requests and push reports to the monitoring host.
+Settings come from the config file; flags given here override it."""
+
+EPILOG = """\
+On first start the agent writes its key to STATE_DIR/agent.key (64 hex characters, mode 0600 in a
+0700 directory). That file's text is exactly what the monitoring host keeps as
+.known_machines/<ip>.txt: copying it there enrols the machine.
+Signals: SIGTERM/SIGINT exit cleanly, SIGHUP re-reads the config file (bind and port need a restart).
+"""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python3 -m mdp_agent", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=config.DEFAULT_CONFIG_PATH,
+                   help="INI file with an [agent] section (default %(default)s; missing is fine)")
+    p.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="UDP port to listen on (default 12345)")
+    p.add_argument("--state-dir", help="directory for the key and subscriptions (default /var/lib/mdp-agent)")
+    p.add_argument("--monitor", help="HOST:PORT of the monitoring host that receives reports (default: none)")
+    p.add_argument("--interval", type=float, help="seconds between reports (default 60)")
+    p.add_argument("--enrol", action="store_true", default=None,
+                   help="send this agent's key to the monitor in a first HELLO (trust on first use)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--init-only", action="store_true",
+                   help="create the key if it is missing, print its path, and exit without listening")
+    p.add_argument("--version", action="version", version="mdp-agent " + __version__)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    overrides = {"bind": args.bind, "port": args.port, "state_dir": args.state_dir, "monitor": args.monitor,
+                 "interval": args.interval, "enrol": args.enrol, "log_level": args.log_level}
+    try:
+        settings, cluster_settings = config.load(args.config, overrides)
+    except config.ConfigError as exc:
+        sys.stderr.write("mdp-agent: %s\n" % exc)
+        return 2
+    logging.basicConfig(stream=sys.stderr, level=settings["log_level"].upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        keys, key_path, created = keyfile.load_or_create_key(settings["state_dir"])
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("mdp-agent: cannot load or create the key: %s\n" % exc)
+        return 1
+    if created:
+        log.info("generated a new key in %s", key_path)
+    if args.init_only:
+        print(key_path)
+        return 0
+
+    loop = Loop()
+    pool = WorkerPool(loop, settings["workers"])
+    registry = load_default_registry(settings["allow"], settings["enable_mutating"])
+    cluster = None
+    try:
+        from .cluster import ClusterManager
+        cluster = ClusterManager(settings["state_dir"], cluster_settings)
+    except ImportError:
+        pass
+    agent = Agent(loop, settings, keys, registry, pool, cluster)
+    try:
+        agent.start()
+    except OSError as exc:
+        sys.stderr.write("mdp-agent: cannot listen on %s:%d: %s\n" % (settings["bind"], settings["port"],
+                                                                   exc.strerror or exc))
+        return 1
+
+    def reload_config():
+        try:
+            fresh, _ = config.load(args.config, overrides)
+        except config.ConfigError as exc:
+            log.error("SIGHUP: keeping the old config: %s", exc)
+            return
+        for name in ("bind", "port", "state_dir"):
+            if fresh[name] != settings[name]:
+                log.warning("SIGHUP: %s changed; it takes effect after a restart", name)
+                fresh[name] = settings[name]
+        settings.update(fresh)
+        logging.getLogger().setLevel(settings["log_level"].upper())
+        agent.registry = load_default_registry(settings["allow"], settings["enable_mutating"])
+        agent.register_internal_operations()
+        agent.configure_reporting()
+        log.info("SIGHUP: configuration reloaded from %s", args.config)
+
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    signal.signal(signal.SIGINT, lambda *_: loop.stop())
+    signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reload_config))
+    log.info("mdp-agent %s listening on %s:%d (udp), state in %s%s", __version__, agent.address[0],
+             agent.address[1], settings["state_dir"],
+             ", reporting to %s every %gs" % (settings["monitor"], settings["interval"]) if settings["monitor"] else "")
+    try:
+        loop.run_forever()
+    finally:
+        agent.stop()
+        pool.shutdown()
+        loop.close()
+    log.info("mdp-agent stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

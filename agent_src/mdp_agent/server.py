@@ -1,0 +1,474 @@
+"""The agent: verifies requests, runs allowed operations off the loop, replies, and reports.
+
+One Agent serves one UDP socket. Several agents can share one Loop and one worker pool (the
+benchmarks run thousands per process); `python3 -m mdp_agent` runs exactly one.
+"""
+
+import binascii
+import json
+import logging
+import os
+import socket
+import time
+
+from . import protocol
+from .keyfile import write_private_file
+from .registry import OperationError
+
+log = logging.getLogger("mdp_agent")
+
+SUBSCRIPTIONS_FILE = "subscriptions.json"
+MAX_SUBSCRIPTIONS = 32          # each one adds an operation run to every report it is due in
+MIN_SUBSCRIPTION_EVERY_S = 1.0
+# Operations queued or running on the pool; past this, new ones answer "busy" at once rather than
+# queueing without bound behind stuck ones (a timed-out thread keeps its slot until it returns).
+MAX_PENDING_OPERATIONS = 256
+RECV_BATCH = 64                 # datagrams read per wake-up before the loop looks at timers again
+DROP_LOG_INTERVAL_S = 10.0      # at most one log line per drop reason per interval per agent
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+class WorkerPool(object):
+    """A bounded thread pool shared by agents on one loop (concurrent.futures, Python 3.4 has it)."""
+
+    def __init__(self, loop, workers):
+        from concurrent.futures import ThreadPoolExecutor
+        self.loop = loop
+        self.executor = ThreadPoolExecutor(max_workers=workers)
+        self.pending = 0
+
+    def submit(self, func, done):
+        """Run func() on a worker; done(result, error) runs on the loop. False when the pool is full."""
+        if self.pending >= MAX_PENDING_OPERATIONS:
+            return False
+        self.pending += 1
+
+        def finished(future):
+            error = future.exception()
+            result = None if error else future.result()
+            self.loop.call_soon_threadsafe(self._finish, done, result, error)
+
+        self.executor.submit(func).add_done_callback(finished)
+        return True
+
+    def _finish(self, done, result, error):
+        self.pending -= 1
+        done(result, error)
+
+    def shutdown(self):
+        self.executor.shutdown(wait=False)
+
+
+class _Job(object):
+    """One request (or report) being answered: results fill in as operations finish."""
+
+    __slots__ = ("peer", "msg_id", "results", "waiting", "cluster_info", "on_done", "kind")
+
+    def __init__(self, peer, msg_id, count, on_done, kind):
+        self.peer, self.msg_id, self.on_done, self.kind = peer, msg_id, on_done, kind
+        self.results = [None] * count
+        self.waiting = count
+        self.cluster_info = {}
+
+
+class Agent(object):
+    def __init__(self, loop, settings, keys, registry, pool, cluster=None, state_dir=None):
+        self.loop = loop
+        self.settings = settings
+        self.keys = keys
+        self.registry = registry
+        self.pool = pool
+        self.cluster = cluster
+        self.state_dir = state_dir or settings["state_dir"]
+        self.sock = None
+        self.address = None
+        self.guard = protocol.ReplayGuard(settings["replay_window"])
+        self.reassembler = protocol.Reassembler()
+        self.outbox = protocol.Outbox()
+        self.in_progress = set()        # (peer, msg_id) of requests whose operations still run
+        self.stats = {"received": 0, "requests": 0, "replies": 0, "duplicates": 0, "reports": 0, "dropped": {}}
+        self._last_drop_log = {}
+        self.monitor_addr = None
+        self.enrolled = False           # the monitor acknowledged us (only tracked when enrol is on)
+        self.subscriptions = {}         # "name" or json of {"name","args"} -> {"operation", "every", "due"}
+        self._next_report = None
+        self._timer = None
+        self.register_internal_operations()
+
+    def register_internal_operations(self):
+        """Operations that read or change this agent's own state; they run on the loop (cheap)."""
+        self.registry.register("agent.stats", self.op_stats, inline=True)
+        self.registry.register("report.subscribe", self.op_subscribe, inline=True)
+        self.registry.register("report.unsubscribe", self.op_unsubscribe, inline=True)
+        self.registry.register("report.subscriptions", self.op_subscriptions, inline=True)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, sock=None):
+        """Bind (or adopt sock), start serving, and schedule the reporter."""
+        if sock is None:
+            family = socket.AF_INET6 if ":" in self.settings["bind"] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((self.settings["bind"], self.settings["port"]))
+        sock.setblocking(False)
+        self.sock = sock
+        self.address = sock.getsockname()
+        self.loop.add_reader(sock, self._on_readable)
+        self._load_subscriptions()
+        self.configure_reporting()
+        self._timer = self.loop.call_later(1.0, self._tick)
+
+    def configure_reporting(self):
+        """(Re)read the monitor and interval settings; called at start and on SIGHUP."""
+        self.monitor_addr = None
+        if self.settings["monitor"]:
+            from .config import parse_hostport
+            host, port = parse_hostport(self.settings["monitor"])
+            try:
+                info = socket.getaddrinfo(host, port, self.sock.family, socket.SOCK_DGRAM)
+                self.monitor_addr = info[0][4][:2]
+            except socket.gaierror as exc:
+                log.error("monitor %s cannot be resolved (%s); reports are off until SIGHUP", host, exc)
+        self._next_report = time.monotonic() + min(self.settings["interval"], 1.0) if self.monitor_addr else None
+
+    def stop(self):
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock)
+            self.sock.close()
+            self.sock = None
+        if self._timer is not None:
+            self.loop.cancel(self._timer)
+
+    # --- receiving --------------------------------------------------------------------------------
+
+    def _on_readable(self):
+        for _ in range(RECV_BATCH):
+            try:
+                data, peer = self.sock.recvfrom(protocol.MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # e.g. ICMP port unreachable reported on the socket
+                log.debug("recvfrom: %s", exc)
+                return
+            self.stats["received"] += 1
+            try:
+                self.handle_datagram(data, peer[:2])
+            except Exception:   # the agent never dies from input; a bug here is logged and survived
+                log.exception("unexpected error handling a datagram from %s", peer[0])
+                self._count_drop("internal_error", peer)
+
+    def handle_datagram(self, data, peer):
+        try:
+            packet = protocol.open_datagram(data, self.keys, protocol.TO_AGENT)
+        except protocol.ProtocolError as exc:
+            self._count_drop(exc.code, peer)
+            if exc.code == "unsupported_version":
+                # Signed by our key, so a peer that matters: tell it (unchunked, not cached).
+                msg_id = data[protocol.HEADER_SIZE - 16:protocol.HEADER_SIZE - 8]
+                self._send(peer, protocol.REPLY, protocol.error_reply(exc), msg_id)
+            return
+        if packet.kind == protocol.RESEND:
+            self._handle_resend(peer, packet)
+        elif packet.kind == protocol.ACK:
+            self._handle_ack(peer, packet)
+        else:
+            self._handle_request_chunk(peer, packet)
+
+    def _handle_request_chunk(self, peer, packet):
+        key = (peer, packet.msg_id)
+        skew = protocol.skew_error(packet.timestamp_ms, now_ms(), self.guard.window_ms / 1000.0)
+        if skew is not None:
+            self._count_drop("clock_skew", peer)
+            if packet.index == 0:
+                self._send(peer, protocol.REPLY, protocol.error_reply(skew), packet.msg_id, cache=False)
+            return
+        if key in self.in_progress:
+            self.stats["duplicates"] += 1
+            return
+        cached = self.outbox.get(peer, packet.msg_id)
+        if cached is not None:
+            # A retransmitted request: same id, same answer, and the operations do not run again.
+            self.stats["duplicates"] += 1
+            if packet.index == 0:
+                self._sendto(peer, cached)
+            return
+        complete = self.reassembler.add(peer, packet, time.monotonic())
+        if complete is None:
+            return
+        _, flags, timestamp_ms, body = complete
+        try:
+            if self.guard.check(peer, packet.msg_id, timestamp_ms, now_ms()):
+                self.stats["duplicates"] += 1   # seen, but its reply aged out of the outbox
+                return
+            self.guard.remember(peer, packet.msg_id, timestamp_ms, now_ms())
+            obj = protocol.decode_body(flags, body)
+            operations, cluster_info = protocol.parse_request(obj)
+        except protocol.ProtocolError as exc:
+            self._count_drop(exc.code, peer)
+            self._send(peer, protocol.REPLY, protocol.error_reply(exc), packet.msg_id)
+            return
+        self.stats["requests"] += 1
+        self.in_progress.add(key)
+        self.run_operations(peer, packet.msg_id, operations, cluster_info, self._reply_done, protocol.REPLY)
+
+    def _handle_resend(self, peer, packet):
+        if protocol.skew_error(packet.timestamp_ms, now_ms(), self.guard.window_ms / 1000.0):
+            self._count_drop("clock_skew", peer)
+            return
+        sent = self.outbox.get(peer, packet.msg_id)
+        if sent is None:
+            return
+        try:
+            self._sendto(peer, protocol.parse_resend(protocol.decode_body(packet.flags, packet.body), sent))
+        except protocol.ProtocolError as exc:
+            self._count_drop(exc.code, peer)
+
+    def _handle_ack(self, peer, packet):
+        if peer != self.monitor_addr:
+            self._count_drop("unexpected_ack", peer)
+            return
+        if not self.enrolled:
+            log.info("monitor %s:%d acknowledged this agent", peer[0], peer[1])
+        self.enrolled = True
+
+    # --- running operations -----------------------------------------------------------------------
+
+    def run_operations(self, peer, msg_id, operations, cluster_info, on_done, kind):
+        """Run each requested operation (inline or on the pool); on_done(job) when all have answered."""
+        parts = len(operations) + (1 if cluster_info else 0)
+        job = _Job(peer, msg_id, len(operations), on_done, kind)
+        job.waiting = parts
+        if parts == 0:
+            on_done(job)
+            return
+        for index, item in enumerate(operations):
+            self._start_operation(job, index, item)
+        if cluster_info:
+            self._start_cluster(job, cluster_info)
+
+    def _start_operation(self, job, index, item):
+        name = item if isinstance(item, str) else (item.get("name") if isinstance(item, dict) else None)
+        try:
+            name, args = protocol.parse_operation(item)
+            operation = self.registry.lookup(name)
+        except ValueError as exc:
+            return self._settle(job, index, name, None, OperationError("bad_request", str(exc)))
+        except OperationError as exc:
+            return self._settle(job, index, name, None, exc)
+        if operation.inline:
+            try:
+                result = operation.call(args)
+            except OperationError as exc:
+                return self._settle(job, index, name, None, exc)
+            return self._settle(job, index, name, result, None)
+        self._submit(job, index, name, lambda: operation.call(args))
+
+    def _start_cluster(self, job, cluster_info):
+        if self.cluster is None:
+            error = OperationError("not_supported", "cluster mode is not available on this agent")
+            return self._settle(job, None, "cluster_info", None, error)
+        local_ip = self.address[0] if self.address[0] not in ("0.0.0.0", "::") else None
+        self._submit(job, None, "cluster_info", lambda: self.cluster.handle(cluster_info, local_ip))
+
+    def _submit(self, job, index, name, func):
+        timeout = self.settings["operation_timeout"]
+        state = {"settled": False}
+
+        def done(result, error):
+            if not state["settled"]:
+                state["settled"] = True
+                self.loop.cancel(timer)
+                self._settle(job, index, name, result, error)
+
+        def timed_out():
+            if not state["settled"]:
+                state["settled"] = True
+                self._settle(job, index, name, None,
+                             OperationError("timeout", "%s did not finish within %g s" % (name, timeout)))
+
+        timer = self.loop.call_later(timeout, timed_out)
+        if not self.pool.submit(func, done):
+            state["settled"] = True
+            self.loop.cancel(timer)
+            self._settle(job, index, name, None,
+                         OperationError("busy", "agent has %d operations pending; try again later"
+                                        % MAX_PENDING_OPERATIONS))
+
+    def _settle(self, job, index, name, result, error):
+        if error is not None and not isinstance(error, OperationError):
+            code = getattr(error, "code", "failed")
+            error = OperationError(code if isinstance(code, str) else "failed",
+                                   getattr(error, "message", None) or "%s: %s" % (type(error).__name__, error))
+        if index is None:   # the cluster_info part
+            job.cluster_info = {"error": error.to_dict()} if error else (result or {})
+        elif error is not None:
+            job.results[index] = {"name": name, "error": error.to_dict()}
+        else:
+            job.results[index] = {"name": name, "result": result}
+        job.waiting -= 1
+        if job.waiting == 0:
+            job.on_done(job)
+
+    def _reply_done(self, job):
+        self.in_progress.discard((job.peer, job.msg_id))
+        reply = protocol.make_reply(job.results, job.cluster_info)
+        if "error" in job.cluster_info:
+            reply["status"] = False
+        if self.sock is not None:
+            self._send(job.peer, protocol.REPLY, reply, job.msg_id)
+            self.stats["replies"] += 1
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    def _send(self, peer, kind, obj, msg_id=None, cache=True):
+        try:
+            msg_id, datagrams = protocol.encode(kind, obj, self.keys, protocol.TO_CONTROLLER, msg_id, now_ms(),
+                                                self.settings["max_datagram"])
+        except (protocol.ProtocolError, TypeError, ValueError) as exc:
+            log.error("cannot encode a %s for %s: %s", protocol.KIND_NAMES[kind], peer[0], exc)
+            error = protocol.ProtocolError("too_large" if isinstance(exc, protocol.ProtocolError) else "failed",
+                                           "the reply could not be encoded: %s" % exc)
+            msg_id, datagrams = protocol.encode(kind, protocol.error_reply(error), self.keys,
+                                                protocol.TO_CONTROLLER, msg_id, now_ms())
+        if cache:
+            self.outbox.put(peer, msg_id, datagrams, time.monotonic())
+        self._sendto(peer, datagrams)
+        return msg_id
+
+    def _sendto(self, peer, datagrams):
+        for datagram in datagrams:
+            try:
+                self.sock.sendto(datagram, peer)
+            except OSError as exc:   # full buffers or an unreachable peer must not stop the agent
+                self._count_drop("send_failed", peer, str(exc))
+                return
+
+    def _count_drop(self, reason, peer, detail=""):
+        dropped = self.stats["dropped"]
+        dropped[reason] = dropped.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last_drop_log.get(reason, -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S:
+            self._last_drop_log[reason] = now
+            log.warning("dropped datagram from %s: %s%s (%d so far)", peer[0], reason,
+                        " (%s)" % detail if detail else "", dropped[reason])
+
+    # --- reporting --------------------------------------------------------------------------------
+
+    def _tick(self):
+        """Once a second: expire partial messages, ask for missing chunks, and send due reports."""
+        self._timer = self.loop.call_later(1.0, self._tick)
+        mono = time.monotonic()
+        self.reassembler.expire(mono)
+        self.outbox.expire(mono)
+        if self.sock is None:
+            return
+        for peer, msg_id, missing in self.reassembler.missing(mono):
+            self._send(peer, protocol.RESEND, protocol.resend_payload(missing), msg_id, cache=False)
+        if self.monitor_addr is None:
+            return
+        due = []
+        if mono >= self._next_report:
+            self._next_report = mono + self.settings["interval"]
+            due.extend(self.settings["report_operations"])
+        for entry in self.subscriptions.values():
+            if mono >= entry["due"]:
+                entry["due"] = mono + entry["every"]
+                due.append(entry["operation"])
+        if due:
+            self.report(due)
+
+    def report(self, operations):
+        """Run operations and push the signed results to the monitor (a HELLO first while enrolling)."""
+        if self.settings["enrol"] and not self.enrolled:
+            from . import __version__
+            hello = {"version": protocol.VERSION_STRING, "key": binascii.hexlify(self.keys.key).decode(),
+                     "hostname": socket.gethostname(), "agent_version": __version__}
+            self._send(self.monitor_addr, protocol.HELLO, hello, cache=False)
+        self.run_operations(self.monitor_addr, None, operations, None, self._report_done, protocol.REPORT)
+
+    def _report_done(self, job):
+        if self.sock is None or self.monitor_addr is None:
+            return
+        reply = protocol.make_reply(job.results)
+        reply["reported_at"] = now_ms() / 1000.0
+        self._send(self.monitor_addr, protocol.REPORT, reply)
+        self.stats["reports"] += 1
+
+    # --- agent-internal operations (registered in __init__) --------------------------------------
+
+    def op_stats(self):
+        """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason."""
+        out = dict(self.stats)
+        out["dropped"] = dict(self.stats["dropped"])
+        out.update(pending_operations=self.pool.pending, partial_messages=self.reassembler.pending(),
+                   cached_replies=len(self.outbox), remembered_ids=len(self.guard),
+                   subscriptions=len(self.subscriptions), enrolled=self.enrolled)
+        return out
+
+    def op_subscribe(self, operations, every=60):
+        """Report operations to the monitoring host every `every` seconds (kept across restarts).
+
+        operations: list of names or {"name", "args"} objects; every: seconds, at least 1.
+        Returns the subscriptions now active.
+        """
+        if not isinstance(operations, list) or not operations:
+            raise ValueError("operations must be a non-empty list")
+        every = float(every)
+        if every < MIN_SUBSCRIPTION_EVERY_S:
+            raise ValueError("every must be at least %g seconds" % MIN_SUBSCRIPTION_EVERY_S)
+        for item in operations:
+            name, args = protocol.parse_operation(item)
+            self.registry.lookup(name)   # unknown or not allowed: refuse now, not at report time
+            key = _subscription_key(name, args)
+            if key not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+                raise ValueError("at most %d subscriptions" % MAX_SUBSCRIPTIONS)
+            operation = {"name": name, "args": args} if args else name
+            self.subscriptions[key] = {"operation": operation, "every": every, "due": time.monotonic() + every}
+        self._save_subscriptions()
+        return self.op_subscriptions()
+
+    def op_unsubscribe(self, operations=None):
+        """Stop reporting the given operations (names or {"name", "args"}); all of them when omitted."""
+        if operations is None:
+            self.subscriptions.clear()
+        else:
+            if not isinstance(operations, list):
+                raise ValueError("operations must be a list")
+            for item in operations:
+                name, args = protocol.parse_operation(item)
+                self.subscriptions.pop(_subscription_key(name, args), None)
+        self._save_subscriptions()
+        return self.op_subscriptions()
+
+    def op_subscriptions(self):
+        """The operations reported on a schedule: [{"operation", "every"}]."""
+        return [{"operation": e["operation"], "every": e["every"]}
+                for _, e in sorted(self.subscriptions.items())]
+
+    def _subscriptions_path(self):
+        return os.path.join(self.state_dir, SUBSCRIPTIONS_FILE)
+
+    def _save_subscriptions(self):
+        write_private_file(self._subscriptions_path(), json.dumps(self.op_subscriptions(), indent=1) + "\n")
+
+    def _load_subscriptions(self):
+        path = self._subscriptions_path()
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path) as handle:
+                saved = json.loads(handle.read())
+            for entry in saved:
+                name, args = protocol.parse_operation(entry["operation"])
+                self.subscriptions[_subscription_key(name, args)] = {
+                    "operation": entry["operation"], "every": max(float(entry["every"]), MIN_SUBSCRIPTION_EVERY_S),
+                    "due": time.monotonic() + float(entry["every"])}
+        except (IOError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring unreadable %s: %s", path, exc)
+
+
+def _subscription_key(name, args):
+    return json.dumps([name, args], sort_keys=True)

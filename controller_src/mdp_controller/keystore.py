@@ -1,0 +1,126 @@
+"""The key store: .known_machines/<ip>.txt holds each machine's key, exactly as the agent wrote it.
+
+Layout (directories 0700, files 0600, every write atomic):
+    .known_machines/<ip>.txt            trusted keys
+    .known_machines/pending/<ip>.txt    keys offered in a HELLO, waiting for `mdp keys accept IP`
+    .known_machines/rejected/<ip>.txt   keys refused (a known machine showing a different key, or rejected)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from mdp_agent import protocol
+from mdp_agent.keyfile import ensure_private_dir, read_key_file, write_private_file
+
+DEFAULT_DIR = ".known_machines"
+
+
+class KeyStoreError(Exception):
+    """A key problem, stated in words that name the machine and the file."""
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("MDP_KNOWN_MACHINES") or DEFAULT_DIR)
+
+
+def normalise_ip(ip: str) -> str:
+    """The canonical text of an IP address; KeyStoreError for anything else (no paths sneak in)."""
+    try:
+        return str(ipaddress.ip_address(ip.strip()))
+    except ValueError:
+        raise KeyStoreError(f"{ip!r} is not an IP address") from None
+
+
+class KeyStore:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else default_path()
+        self._cache: dict[str, tuple[float, protocol.KeyPair]] = {}
+
+    def file(self, ip: str, state: str = "trusted") -> Path:
+        ip = normalise_ip(ip)
+        base = self.path if state == "trusted" else self.path / state
+        return base / f"{ip}.txt"
+
+    def get(self, ip: str) -> protocol.KeyPair:
+        """The trusted key for ip (cached until the file changes); KeyStoreError naming the cause."""
+        path = self.file(ip)
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            hint = " (a key is pending: `mdp keys accept " + ip + "`)" if self.file(ip, "pending").exists() else ""
+            raise KeyStoreError(f"no key for {ip} in {self.path}{hint}") from None
+        cached = self._cache.get(ip)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            keys = read_key_file(str(path))
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"key for {ip} is unreadable: {exc}") from None
+        self._cache[ip] = (mtime, keys)
+        return keys
+
+    def get_text(self, ip: str, state: str = "trusted") -> str | None:
+        try:
+            return self.file(ip, state).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def put(self, ip: str, key_text: str, state: str = "trusted", replace: bool = False) -> Path:
+        """Store a key; a different trusted key is never replaced unless replace=True."""
+        protocol.parse_key_text(key_text)   # refuse anything that is not a key
+        path = self.file(ip, state)
+        existing = self.get_text(ip, state)
+        if state == "trusted" and existing and existing != key_text.strip() and not replace:
+            raise KeyStoreError(f"{path} holds a different key for {ip}; revoke it first or rotate deliberately")
+        ensure_private_dir(str(self.path))
+        ensure_private_dir(str(path.parent))
+        write_private_file(str(path), key_text.strip() + "\n")
+        self._cache.pop(normalise_ip(ip), None)
+        return path
+
+    def list(self) -> list[dict]:
+        """Every key file: [{"ip", "state", "path"}] sorted by state then address."""
+        rows = []
+        for state in ("trusted", "pending", "rejected"):
+            base = self.path if state == "trusted" else self.path / state
+            for path in sorted(base.glob("*.txt")) if base.is_dir() else []:
+                try:
+                    ip = normalise_ip(path.stem)
+                except KeyStoreError:
+                    continue
+                rows.append({"ip": ip, "state": state, "path": str(path)})
+        return sorted(rows, key=lambda r: (r["state"], ipaddress.ip_address(r["ip"])))
+
+    def ips(self) -> list[str]:
+        return [row["ip"] for row in self.list() if row["state"] == "trusted"]
+
+    def accept(self, ip: str) -> Path:
+        """Trust the key a machine offered (pending -> trusted)."""
+        text = self.get_text(ip, "pending")
+        if text is None:
+            raise KeyStoreError(f"no pending key for {ip} in {self.path / 'pending'}")
+        path = self.put(ip, text)
+        self.file(ip, "pending").unlink()
+        return path
+
+    def reject(self, ip: str) -> Path:
+        """Refuse a pending key (kept under rejected/ for the record)."""
+        text = self.get_text(ip, "pending")
+        if text is None:
+            raise KeyStoreError(f"no pending key for {ip} in {self.path / 'pending'}")
+        path = self.put(ip, text, state="rejected")
+        self.file(ip, "pending").unlink()
+        return path
+
+    def revoke(self, ip: str) -> Path:
+        """Stop trusting a machine: its key moves to rejected/."""
+        text = self.get_text(ip)
+        if text is None:
+            raise KeyStoreError(f"no key for {ip} in {self.path}")
+        path = self.put(ip, text, state="rejected")
+        self.file(ip).unlink()
+        self._cache.pop(normalise_ip(ip), None)
+        return path
