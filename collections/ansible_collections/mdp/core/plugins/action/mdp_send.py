@@ -1,0 +1,134 @@
+# Copyright: MDP contributors
+# MIT License (see galaxy.yml)
+"""Action plugin for mdp.core.mdp_send: runs on the controller, nothing is shipped to the host.
+
+The agent is reached over signed UDP, not SSH, so the whole job is done here with the controller
+library (mdp_controller.client.send_sync): sign, send, retry, verify the reply.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible import constants as C
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+
+try:
+    from mdp_agent import protocol
+    from mdp_controller.client import MDPError, send_sync
+except ImportError as exc:  # reported when the task runs, so that ansible-doc and sanity still load us
+    IMPORT_ERROR = exc
+else:
+    IMPORT_ERROR = None
+
+# Kept in step with DOCUMENTATION in plugins/modules/mdp_send.py (a unit test compares the two).
+ARGUMENT_SPEC = {
+    "operations": {"type": "list", "elements": "raw", "required": True},
+    "cluster_info": {"type": "dict"},
+    "port": {"type": "int", "default": 12345},
+    "timeout": {"type": "float", "default": 15.0},
+    "known_machines": {"type": "path"},
+}
+
+
+def default_known_machines():
+    """Same place the mdp CLI and the mdp_agent role use: $MDP_KNOWN_MACHINES, else beside ansible.cfg."""
+    env = os.environ.get("MDP_KNOWN_MACHINES")
+    if env:
+        return env
+    base = os.path.dirname(C.CONFIG_FILE) if C.CONFIG_FILE else os.getcwd()
+    return os.path.join(base, ".known_machines")
+
+
+def parse_operations(operations):
+    """Check each operation with the protocol's own parser, so a typo fails here with its cause."""
+    if not operations:
+        raise AnsibleActionFail("operations is empty: name at least one operation, e.g. ping")
+    for index, op in enumerate(operations):
+        try:
+            protocol.parse_operation(op)
+        except ValueError as exc:
+            raise AnsibleActionFail("operations[%d]: %s" % (index, exc))
+    return [op.strip() if isinstance(op, str) else op for op in operations]
+
+
+def describe_failure(reply):
+    """The cause in words: the whole request refused, or which operations failed and why."""
+    if reply.get("error"):
+        return str(reply["error"])
+    causes = []
+    for op in reply.get("operations") or []:
+        error = op.get("error") if isinstance(op, dict) else None
+        if error:
+            if isinstance(error, dict):
+                error = "%s: %s" % (error.get("code", "error"), error.get("message", ""))
+            causes.append("%s (%s)" % (op.get("name", "?"), error))
+    cluster_error = (reply.get("cluster_info") or {}).get("error")
+    if cluster_error:
+        causes.append("cluster_info (%s)" % (cluster_error,))
+    return "failed on the agent: " + "; ".join(causes) if causes else "agent answered status false"
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        try:
+            result.update(self._send(task_vars or {}))
+        except AnsibleActionFail as exc:  # a failed result with its cause, not a traceback
+            result.update(exc.result)
+            result.pop("exception", None)  # the cause is in msg; a traceback would only hide it
+        return result
+
+    def _send(self, task_vars):
+        result = {}
+        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+
+        if IMPORT_ERROR is not None:
+            raise AnsibleActionFail(
+                "mdp_send needs the MDP controller library on the controller (pip install the project): %s"
+                % to_text(IMPORT_ERROR)
+            )
+
+        operations = parse_operations(args["operations"])
+        cluster_info = args["cluster_info"]
+        if self._task.check_mode and cluster_info and cluster_info.get("cluster_mode"):
+            result.update(skipped=True, msg="check mode: not sending cluster_info with cluster_mode (it changes the host)")
+            return result
+
+        target = to_text(self._templar.template(task_vars.get("ansible_host") or task_vars["inventory_hostname"]))
+        known_machines = args["known_machines"] or default_known_machines()
+        where = "%s:%d" % (target, args["port"])
+        try:
+            replies = send_sync(
+                [target],
+                operations,
+                cluster_info,
+                known_machines=known_machines,
+                port=args["port"],
+                timeout=args["timeout"],
+            )
+        except MDPError as exc:
+            raise AnsibleActionFail("mdp_send to %s: %s" % (where, to_text(exc)))
+
+        reply = replies.get(target)
+        if not isinstance(reply, dict):
+            raise AnsibleActionFail("mdp_send to %s: the controller library returned no reply for it" % where)
+        if not reply.get("status"):
+            raise AnsibleActionFail("mdp_send to %s: %s" % (where, describe_failure(reply)))
+
+        answered_cluster = reply.get("cluster_info") or {}
+        result.update(
+            # Operations only read; a cluster_info reply says itself whether it changed the host.
+            changed=bool(answered_cluster.get("changed")),
+            status=True,
+            version=reply.get("version"),
+            operations=reply.get("operations", []),
+            cluster_info=answered_cluster,
+        )
+        return result

@@ -1,0 +1,104 @@
+#!/usr/bin/python
+# Copyright: MDP contributors
+# MIT License (see galaxy.yml)
+# Documentation only: the work is done on the controller by plugins/action/mdp_send.py.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mdp_send
+short_description: Run operations on an MDP agent over signed UDP
+version_added: "0.1.0"
+description:
+  - Sends a signed request to the MDP agent of each targeted host and returns its verified reply.
+  - Runs entirely on the controller with the MDP controller library; no module is copied to the host
+    and no SSH connection is made. The host is reached at its C(ansible_host) (else its inventory name).
+  - The key for a host is read from O(known_machines)C(/<address>.txt), written there by the
+    C(mdp_agent) role when it deployed the agent.
+  - Fails with the cause when there is no key, the agent does not answer in time, the reply's signature
+    is bad, the agent answers status false, or any operation fails on the agent.
+options:
+  operations:
+    description:
+      - Operations to run, in order. Each is a name such as V(ping) or V(load.avg), or a mapping
+        with C(name) and C(args).
+      - A comma-separated string is split into names, which suits ad-hoc use.
+    type: list
+    elements: raw
+    required: true
+  cluster_info:
+    description:
+      - Cluster settings passed to the agent as they are (see the cluster documentation).
+      - In check mode a O(cluster_info) with C(cluster_mode) is not sent and the task is skipped.
+    type: dict
+  port:
+    description: UDP port the agent listens on.
+    type: int
+    default: 12345
+  timeout:
+    description: Seconds to wait for a verified reply, retries included.
+    type: float
+    default: 15.0
+  known_machines:
+    description:
+      - Directory holding one key file per agent address.
+      - Defaults to E(MDP_KNOWN_MACHINES), else C(.known_machines) beside the C(ansible.cfg) in use.
+    type: path
+attributes:
+  check_mode:
+    support: full
+    description: Operations only read, so they run in check mode; see O(cluster_info) for the exception.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+author:
+  - MDP contributors
+notes:
+  - Needs the C(mdp) Python distribution (the controller library) importable by the controller's Python.
+"""
+
+EXAMPLES = r"""
+- name: Ask every agent for its load
+  mdp.core.mdp_send:
+    operations:
+      - ping
+      - load.avg
+
+- name: Operation with arguments, longer timeout
+  mdp.core.mdp_send:
+    operations:
+      - name: filesystem.usage
+        args:
+          path: /
+    timeout: 30
+  register: usage
+
+# Ad hoc, from the project root:
+#   ansible mdp_agents -m mdp_send -a 'operations=ping,memory.info'
+"""
+
+RETURN = r"""
+status:
+  description: The agent's overall status (always true when the task did not fail).
+  returned: success
+  type: bool
+  sample: true
+version:
+  description: The agent's version.
+  returned: success
+  type: str
+  sample: 0.1.0
+operations:
+  description: One result per requested operation, in order, as the agent returned them.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"name": "ping", "status": true, "result": "pong"}]
+cluster_info:
+  description: The agent's cluster information, as returned.
+  returned: success
+  type: dict
+  sample: {}
+"""
