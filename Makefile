@@ -24,10 +24,10 @@ $(OLD_VENV)/.done:
 	touch $@
 
 demo: setup
-	bash scripts/demo.sh
+	bash scripts/demo_local.sh
 
 demo-stop:
-	bash scripts/demo.sh stop
+	bash scripts/demo_local.sh stop
 
 vermin: setup
 	$(BIN)/vermin --target=3.4- --no-tips --violations agent_src
