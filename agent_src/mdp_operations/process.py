@@ -54,7 +54,7 @@ def _cpu_percents(interval):
     """({pid: (comm, fields)}, {pid: percent of one CPU since the previous sample})."""
     with _lock:
         key = _host.identity()
-        old = _previous if _previous["key"] == key else None
+        old = dict(_previous) if _previous["key"] == key else None
         procs, ticks, cpus = _snapshot()
         if old is None or ticks <= old["ticks"]:
             old = {"procs": procs, "ticks": ticks}

@@ -23,7 +23,7 @@ _UPSTART = re.compile(r"^\S+ (\w+)/(\w+)(?:, process (\d+))?")
 def _init_system():
     """'systemd', 'upstart' or 'sysv': what PID 1 is, as sd_booted() and initctl decide."""
     comm = _host.read_or("", "proc", "1", "comm").strip()
-    if comm == "systemd" or os.path.isdir("/run/systemd/system"):
+    if comm == "systemd" or (_host.is_real() and os.path.isdir("/run/systemd/system")):
         return "systemd"
     if comm == "init" and _host.find_program("initctl", PROGRAM_DIRS):
         code, out = _host.run([_host.find_program("initctl", PROGRAM_DIRS), "version"], TIMEOUT)
