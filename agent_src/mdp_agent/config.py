@@ -3,6 +3,7 @@
 import configparser
 import errno
 import os
+import socket
 
 from . import protocol
 
@@ -104,6 +105,11 @@ def parse_hostport(text, default_port=12345):
         host, port = text.split(":")
     else:
         host, port = text, ""
+        if ":" in host:   # several colons and no brackets: only a bare IPv6 address makes sense
+            try:
+                socket.inet_pton(socket.AF_INET6, host)
+            except (OSError, ValueError):
+                raise ConfigError("monitor %r is not HOST:PORT (write IPv6 as [addr]:port)" % text)
     try:
         port = int(port) if port else default_port
     except ValueError:

@@ -1,0 +1,76 @@
+"""The controller's key store: .known_machines/<ip>.txt files, 0600 in 0700 directories, atomic, never silently replaced."""
+
+import os
+import stat
+
+import pytest
+
+from mdp_agent import protocol
+from mdp_controller.keystore import KeyStore, KeyStoreError
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_put_and_get_round_trip_with_private_modes(tmp_path):
+    store = KeyStore(tmp_path / "km")
+    text = protocol.generate_key_text()
+    path = store.put("10.0.0.5", text)
+    assert path.read_text() == text
+    assert mode(path) == 0o600 and mode(tmp_path / "km") == 0o700
+    assert store.get("10.0.0.5").key == protocol.parse_key_text(text)
+
+
+def test_missing_key_names_the_machine_and_directory(tmp_path):
+    with pytest.raises(KeyStoreError, match=r"no key for 10\.0\.0\.9 in .*km"):
+        KeyStore(tmp_path / "km").get("10.0.0.9")
+
+
+def test_a_different_key_is_never_silently_replaced(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("10.0.0.5", protocol.generate_key_text())
+    with pytest.raises(KeyStoreError, match="different key"):
+        store.put("10.0.0.5", protocol.generate_key_text())
+    replacement = protocol.generate_key_text()
+    store.put("10.0.0.5", replacement, replace=True)
+    assert store.get("10.0.0.5").key == protocol.parse_key_text(replacement)
+
+
+def test_pending_accept_reject_revoke(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("10.0.0.7", protocol.generate_key_text(), state="pending")
+    with pytest.raises(KeyStoreError, match="pending"):
+        store.get("10.0.0.7")
+    store.accept("10.0.0.7")
+    assert store.ips() == ["10.0.0.7"]
+    store.revoke("10.0.0.7")
+    assert [(r["ip"], r["state"]) for r in store.list()] == [("10.0.0.7", "rejected")]
+    store.put("10.0.0.8", protocol.generate_key_text(), state="pending")
+    store.reject("10.0.0.8")
+    assert not (tmp_path / "pending" / "10.0.0.8.txt").exists()
+    with pytest.raises(KeyStoreError, match="no pending key"):
+        store.accept("10.0.0.8")
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "10.0.0.256", "host.example", ""])
+def test_only_ip_addresses_name_key_files(tmp_path, bad):
+    with pytest.raises(KeyStoreError, match="not an IP address"):
+        KeyStore(tmp_path).put(bad, protocol.generate_key_text())
+
+
+def test_garbage_is_not_stored_as_a_key(tmp_path):
+    with pytest.raises(ValueError):
+        KeyStore(tmp_path).put("10.0.0.5", "not a key")
+    assert not (tmp_path / "10.0.0.5.txt").exists()
+
+
+def test_key_file_edited_on_disk_is_reloaded(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("10.0.0.5", protocol.generate_key_text())
+    store.get("10.0.0.5")
+    new = protocol.generate_key_text()
+    path = tmp_path / "10.0.0.5.txt"
+    path.write_text(new)
+    os.utime(path, (1, 1))   # a different mtime, whatever the clock resolution
+    assert store.get("10.0.0.5").key == protocol.parse_key_text(new)
