@@ -13,7 +13,7 @@ import sys
 
 ERROR_CODES = ("unknown_operation", "not_allowed", "bad_arguments", "failed", "timeout", "busy")
 # Operation names as requests may spell them: family.function or a bare legacy name.
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\Z")
 MAX_NAME = 64
 # The original MDP's operation names, kept working as aliases of today's operations.
 LEGACY_ALIASES = {

@@ -5,8 +5,8 @@ so every parser can be checked against exact, hand-computed values from another 
 """
 
 import contextlib
-import errno
 import os
+import signal
 import subprocess
 import threading
 
@@ -108,12 +108,15 @@ def run(argv, timeout=5.0):
     Raises OSError when the program cannot be started, and subprocess.TimeoutExpired after
     killing it when it runs past timeout.
     """
+    # Its own session, so a timeout kills everything it started: a grandchild left holding the
+    # output pipe would otherwise keep us waiting.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=MINIMAL_ENV, close_fds=True)
+                            stderr=subprocess.STDOUT, env=MINIMAL_ENV, close_fds=True,
+                            start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
     return proc.returncode, out[:MAX_OUTPUT].decode("utf-8", "replace")
@@ -126,7 +129,3 @@ def find_program(name, dirs=("/usr/sbin", "/usr/bin", "/sbin", "/bin")):
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def is_missing(exc):
-    return getattr(exc, "errno", None) in (errno.ENOENT, errno.ESRCH)

@@ -8,7 +8,7 @@ from . import _host
 
 # A unit/job/script name: no "/" (no paths), no leading "-" (no options), no shell characters
 # (no shell is used anyway), bounded length.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,127}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,127}\Z")
 TIMEOUT = 5.0  # seconds any status command may take
 # Where init tools are looked for; tests point this at stand-ins for upstart's initctl.
 PROGRAM_DIRS = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]

@@ -1,0 +1,233 @@
+"""The operation registry: allowlisting, the mutating switch, argument checking, error mapping,
+loading of the operation families (including a broken one), and the legacy bare names."""
+
+import sys
+import textwrap
+
+import pytest
+
+import mdp_operations
+from mdp_agent.registry import Operation, OperationError, Registry, load_default_registry
+from mdp_operations import inline, mutating
+
+
+def echo(text="hi", times=1):
+    """Repeat text.
+
+    text: what to repeat. times: how often. Returns the repeated string.
+    """
+    if times < 0:
+        raise ValueError("times must not be negative")
+    return text * times
+
+
+def needs_name(name, loud=False):
+    """Greet someone."""
+    return name.upper() if loud else name
+
+
+@mutating
+def reboot():
+    """Restart the machine (pretend)."""
+    return "rebooting"
+
+
+@inline
+def quick():
+    """Cheap."""
+    return 1
+
+
+def broken():
+    """Always fails."""
+    raise KeyError("boom")
+
+
+def bug_with_type_error():
+    """Fails like a bug would."""
+    return 1 + "1"
+
+
+def test_operation_metadata():
+    op = Operation("t.echo", echo)
+    assert op.summary == "Repeat text."
+    assert op.doc.startswith("Repeat text.\n\ntext: what to repeat.")
+    assert (op.mutating, op.inline) == (False, False)
+
+
+def test_call_with_none_and_with_arguments():
+    op = Operation("t.echo", echo)
+    assert op.call(None) == "hi"
+    assert op.call({}) == "hi"
+    assert op.call({"text": "ab", "times": 3}) == "ababab"
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"nope": 1}, "t.echo: unknown argument 'nope' (takes: text, times)"),
+    ({"times": "3"}, "t.echo: argument 'times' must be a number, not string"),
+    ({"times": True}, "t.echo: argument 'times' must be a number, not boolean"),
+    ({"text": None}, "t.echo: argument 'text' must be a string, not null"),
+    ({"times": -1}, "t.echo: times must not be negative"),
+    ([1, 2], "t.echo: args must be an object, not array"),
+    ("text", "t.echo: args must be an object, not string"),
+])
+def test_bad_arguments_are_named(args, message):
+    with pytest.raises(OperationError) as err:
+        Operation("t.echo", echo).call(args)
+    assert err.value.code == "bad_arguments"
+    assert err.value.message == message
+    assert err.value.to_dict() == {"code": "bad_arguments", "message": message}
+
+
+def test_missing_required_argument():
+    op = Operation("t.greet", needs_name)
+    with pytest.raises(OperationError) as err:
+        op.call({"loud": True})
+    assert (err.value.code, err.value.message) == ("bad_arguments", "t.greet: missing required argument 'name'")
+    assert op.call({"name": "ada", "loud": True}) == "ADA"
+
+
+def test_failures_become_failed_with_type_and_message():
+    with pytest.raises(OperationError) as err:
+        Operation("t.broken", broken).call(None)
+    assert err.value.code == "failed"
+    assert err.value.message == "KeyError: 'boom'"
+
+
+def test_type_errors_inside_operations_count_as_bad_arguments():
+    """The interface maps ValueError/TypeError to bad_arguments, wherever they come from."""
+    with pytest.raises(OperationError) as err:
+        Operation("t.bug", bug_with_type_error).call(None)
+    assert err.value.code == "bad_arguments"
+
+
+def test_operation_error_codes_are_closed():
+    with pytest.raises(ValueError):
+        OperationError("oops", "not a code")
+
+
+def test_allow_patterns_and_refusal_messages():
+    reg = Registry(allow=["t.e*", "t.quick"])
+    reg.register("t.echo", echo)
+    reg.register("t.greet", needs_name)
+    reg.register("t.quick", quick, inline=True)
+    assert reg.lookup("t.echo").call(None) == "hi"
+    assert reg.lookup("t.quick").inline is True
+    with pytest.raises(OperationError) as err:
+        reg.lookup("t.greet")
+    assert err.value.code == "not_allowed"
+    assert "allow list" in err.value.message
+    with pytest.raises(OperationError) as err:
+        reg.lookup("t.nothing")
+    assert err.value.code == "unknown_operation" and "t.nothing" in err.value.message
+
+
+@pytest.mark.parametrize("name", [None, 5, "", "a b", "../x", "a.b.c", "x" * 65, "ping\n"])
+def test_lookup_of_malformed_names(name):
+    with pytest.raises(OperationError) as err:
+        Registry().lookup(name)
+    assert err.value.code == "unknown_operation"
+
+
+def test_mutating_operations_need_the_switch():
+    off = Registry()
+    off.register("t.reboot", reboot, mutating=True)
+    with pytest.raises(OperationError) as err:
+        off.lookup("t.reboot")
+    assert err.value.code == "not_allowed" and "mutating" in err.value.message
+    assert "t.reboot" not in [d["name"] for d in off.describe()]
+    on = Registry(enable_mutating=True)
+    on.register("t.reboot", reboot, mutating=True)
+    assert on.lookup("t.reboot").call(None) == "rebooting"
+    assert {"name": "t.reboot", "summary": "Restart the machine (pretend).",
+            "doc": "Restart the machine (pretend).", "mutating": True} in on.describe()
+
+
+def test_mutating_still_needs_the_allow_list():
+    reg = Registry(allow=["t.echo"], enable_mutating=True)
+    reg.register("t.reboot", reboot, mutating=True)
+    with pytest.raises(OperationError) as err:
+        reg.lookup("t.reboot")
+    assert err.value.code == "not_allowed"
+
+
+def test_register_refuses_duplicates_and_bad_names():
+    reg = Registry()
+    reg.register("t.echo", echo)
+    for name in ("t.echo", "bad name", "a.b.c"):
+        with pytest.raises(ValueError):
+            reg.register(name, echo)
+
+
+def test_get_available_methods_reflects_its_own_registry():
+    reg = Registry(allow=["t.*", "get_available_methods"])
+    reg.register("t.echo", echo)
+    methods = reg.lookup("get_available_methods")
+    assert methods.inline is True
+    assert [d["name"] for d in methods.call(None)] == ["get_available_methods", "t.echo"]
+    reg.register("t.quick", quick)  # registered later, e.g. an agent-internal operation
+    reg.register("other.hidden", quick)
+    assert [d["name"] for d in methods.call(None)] == ["get_available_methods", "t.echo", "t.quick"]
+
+
+def test_default_registry_has_families_and_legacy_names():
+    reg = load_default_registry()
+    names = reg.names()
+    for name in ("system.info", "system.uptime", "system.ping", "cpu.usage", "load.avg", "memory.info",
+                 "filesystem.usage", "disk.io", "network.interfaces", "network.stats", "network.listening",
+                 "process.top", "process.count", "service.status",
+                 "ping", "get_cpu_percent", "get_machine_memory", "get_available_methods"):
+        assert name in names, name
+    # Helpers (modules and functions starting with "_") and imported names are not operations.
+    assert not [n for n in names if n.startswith("_") or "._" in n]
+    assert "filesystem.re" not in names and "network.socket" not in names
+    assert reg.lookup("ping").inline and reg.lookup("system.ping").inline
+    assert reg.lookup("ping").call(None)["reply"] == "pong"
+    assert "percent" in reg.lookup("get_cpu_percent").call(None)
+    assert "total" in reg.lookup("get_machine_memory").call(None)
+    described = {d["name"]: d for d in reg.lookup("get_available_methods").call(None)}
+    assert described["memory.info"]["summary"] == "Memory and swap use, in bytes."
+    assert all(d["summary"] for d in described.values()), "every operation needs a one-line summary"
+
+
+def test_default_registry_respects_allow():
+    reg = load_default_registry(allow=["system.*"])
+    assert reg.lookup("system.info")
+    for name in ("ping", "cpu.usage", "get_available_methods"):
+        with pytest.raises(OperationError) as err:
+            reg.lookup(name)
+        assert err.value.code == "not_allowed"
+
+
+@pytest.fixture
+def extra_families(tmp_path, monkeypatch):
+    """Two more operation modules in a second directory of the mdp_operations package."""
+    (tmp_path / "zzgood.py").write_text(textwrap.dedent('''
+        from mdp_operations import mutating
+
+        def hello(who="world"):
+            """Say hello."""
+            return "hello " + who
+
+        @mutating
+        def wipe():
+            """Pretend to change things."""
+            return True
+    '''))
+    (tmp_path / "zzbroken.py").write_text("import mdp_no_such_module\n")
+    monkeypatch.setattr(mdp_operations, "__path__", list(mdp_operations.__path__) + [str(tmp_path)])
+    yield
+    for name in ("mdp_operations.zzgood", "mdp_operations.zzbroken"):
+        sys.modules.pop(name, None)
+
+
+def test_broken_module_is_skipped_and_reported(extra_families, capsys):
+    reg = load_default_registry()
+    err = capsys.readouterr().err
+    assert "skipping operations module zzbroken" in err and "mdp_no_such_module" in err
+    assert reg.lookup("zzgood.hello").call({"who": "fleet"}) == "hello fleet"
+    assert reg.lookup("memory.info")  # the others still load
+    with pytest.raises(OperationError) as e:
+        reg.lookup("zzgood.wipe")
+    assert e.value.code == "not_allowed"
+    assert load_default_registry(enable_mutating=True).lookup("zzgood.wipe").mutating is True
