@@ -9,9 +9,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import mdp_agent
+import pytest
 from mdp_agent.registry import OperationError, load_default_registry
 from mdp_operations import _host, cpu, disk, filesystem, load, memory, network, process, system
 
@@ -152,20 +151,20 @@ def test_filesystem_usage_matches_statvfs():
 def test_disk_io_shape():
     everything = disk.io(include_idle=True)
     busy = disk.io()
-    assert set(d["name"] for d in busy) <= set(d["name"] for d in everything)
+    assert {d["name"] for d in busy} <= {d["name"] for d in everything}
     for d in everything:
         assert d["read_bytes"] >= 0 and d["write_bytes"] >= 0 and d["reads"] >= 0
 
 
 def test_network_interfaces_loopback():
-    lo = [i for i in network.interfaces() if i["name"] == "lo"][0]
+    lo = next(i for i in network.interfaces() if i["name"] == "lo")
     assert lo["mtu"] > 0
     assert {"address": "127.0.0.1", "netmask": "255.0.0.0"} in lo["ipv4"]
 
 
 def test_network_stats_counts_our_traffic():
     def lo_rx():
-        return [s for s in network.stats() if s["name"] == "lo"][0]["rx_bytes"]
+        return next(s for s in network.stats() if s["name"] == "lo")["rx_bytes"]
 
     before = lo_rx()
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -199,16 +198,17 @@ def test_network_listening_finds_our_sockets():
 
 def test_process_top_by_memory_finds_a_big_child():
     child = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time; b = bytearray(300 * 1024 * 1024); "
-                              "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"],
+                              ("import sys, time; b = bytearray(300 * 1024 * 1024); "
+                              "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)")],
                              stdout=subprocess.PIPE)
     try:
         assert child.stdout.readline() == b"ready\n"
         top = process.top(n=3, by="memory")
-        assert top[0]["pid"] == child.pid
-        assert top[0]["rss"] >= 300 * 1024 * 1024
+        mine = [p for p in top if p["pid"] == child.pid]
+        assert mine, top
+        assert mine[0]["rss"] >= 300 * 1024 * 1024
+        assert mine[0]["cmdline"].startswith(sys.executable)
         assert [p["rss"] for p in top] == sorted((p["rss"] for p in top), reverse=True)
-        assert top[0]["cmdline"].startswith(sys.executable)
     finally:
         child.kill()
         child.wait()

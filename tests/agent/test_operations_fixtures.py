@@ -9,7 +9,6 @@ import os
 import shutil
 
 import pytest
-
 from mdp_operations import _host, cpu, disk, filesystem, load, memory, network, process, system
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -245,7 +244,7 @@ def test_disk_io_trusty_kernel_3_13_columns(trusty):
 
 
 def test_disk_io_debian12_has_discard_and_flush_columns(debian12):
-    vda = [d for d in disk.io() if d["name"] == "vda"][0]
+    vda = next(d for d in disk.io() if d["name"] == "vda")
     assert vda["reads"] == 51870
     assert vda["read_bytes"] == 2181690 * 512
     assert vda["write_bytes"] == 828832 * 512
@@ -275,7 +274,7 @@ def test_network_interfaces_trusty(trusty):
 
 
 def test_network_interfaces_debian12(debian12):
-    eth0 = [i for i in network.interfaces() if i["name"] == "eth0"][0]
+    eth0 = next(i for i in network.interfaces() if i["name"] == "eth0")
     assert eth0["mac"] == "02:fc:00:00:00:01"
     assert eth0["mtu"] == 1400
     assert eth0["speed_mbps"] is None  # recorded as -1
@@ -293,7 +292,7 @@ def test_network_stats_trusty_old_format_without_space(trusty):
 
 
 def test_network_stats_debian12(debian12):
-    eth0 = [s for s in network.stats() if s["name"] == "eth0"][0]
+    eth0 = next(s for s in network.stats() if s["name"] == "eth0")
     assert (eth0["rx_bytes"], eth0["rx_packets"], eth0["tx_bytes"], eth0["tx_packets"]) == (
         116048822, 4644, 362772, 4006)
 

@@ -11,7 +11,6 @@ import os
 import stat
 
 import pytest
-
 from mdp_operations import _host, service
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -4,9 +4,8 @@ loading of the operation families (including a broken one), and the legacy bare 
 import sys
 import textwrap
 
-import pytest
-
 import mdp_operations
+import pytest
 from mdp_agent.registry import Operation, OperationError, Registry, load_default_registry
 from mdp_operations import inline, mutating
 
