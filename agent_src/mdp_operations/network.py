@@ -150,14 +150,17 @@ def _socket_owners(inodes):
     return owners
 
 
-def listening(resolve_processes=True):
+def listening(resolve_processes=True, port=None):
     """Sockets waiting for connections: TCP in LISTEN, UDP bound and unconnected.
 
     resolve_processes: find the owning process through /proc/PID/fd (needs root for other
-    users' processes; unresolved owners are null).
-    Returns a list, sorted by protocol then port, of {"proto": "tcp"|"tcp6"|"udp"|"udp6",
-    "address", "port", "uid", "inode", "pid", "process"}; at most 500 entries.
+    users' processes; unresolved owners are null). port: only sockets on this port.
+    Returns {"sockets": [{"proto": "tcp"|"tcp6"|"udp"|"udp6", "address", "port", "uid", "inode",
+    "pid", "process"}, ...] sorted by protocol, port and address, "total": how many matched,
+    "truncated": true when more than 500 matched and only the first 500 are listed}.
     """
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+        raise ValueError("port must be an integer from 1 to 65535")
     entries = []
     for proto in ("tcp", "tcp6", "udp", "udp6"):
         lines = _host.read_or("", "proc", "net", proto).splitlines()[1:]
@@ -171,20 +174,23 @@ def listening(resolve_processes=True):
                     continue
             elif state != _UDP_UNCONNECTED or not remote.endswith(":0000"):
                 continue
-            address, _, port = local.rpartition(":")
+            address, _, hex_port = local.rpartition(":")
+            if port is not None and int(hex_port, 16) != port:
+                continue
             entries.append({
                 "proto": proto,
                 "address": _address(address),
-                "port": int(port, 16),
+                "port": int(hex_port, 16),
                 "uid": int(parts[7]),
                 "inode": int(parts[9]),
                 "pid": None,
                 "process": None,
             })
     entries.sort(key=lambda e: (e["proto"], e["port"], e["address"]))
+    total = len(entries)
     entries = entries[:MAX_SOCKETS]
     if resolve_processes:
         owners = _socket_owners([e["inode"] for e in entries if e["inode"]])
         for entry in entries:
             entry["pid"], entry["process"] = owners.get(entry["inode"], (None, None))
-    return entries
+    return {"sockets": entries, "total": total, "truncated": total > len(entries)}

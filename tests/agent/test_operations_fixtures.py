@@ -299,8 +299,9 @@ def test_network_stats_debian12(debian12):
 
 def test_network_listening_trusty(trusty):
     result = network.listening()
+    assert (result["total"], result["truncated"]) == (5, False)
     assert [(e["proto"], e["address"], e["port"], e["uid"], e["inode"], e["pid"], e["process"])
-            for e in result] == [
+            for e in result["sockets"]] == [
         ("tcp", "0.0.0.0", 22, 0, 9120, 812, "sshd"),
         ("tcp", "127.0.0.1", 3306, 106, 9500, None, None),  # no recorded fd owns it
         ("tcp6", "::", 22, 0, 9122, 812, "sshd"),
@@ -310,11 +311,22 @@ def test_network_listening_trusty(trusty):
 
 
 def test_network_listening_without_owner_lookup(trusty):
-    assert all(e["pid"] is None for e in network.listening(resolve_processes=False))
+    assert all(e["pid"] is None for e in network.listening(resolve_processes=False)["sockets"])
+
+
+def test_network_listening_port_filter_and_cap(trusty, monkeypatch):
+    assert [(e["proto"], e["pid"]) for e in network.listening(port=22)["sockets"]] == [
+        ("tcp", 812), ("tcp6", 812)]
+    monkeypatch.setattr(network, "MAX_SOCKETS", 2)
+    capped = network.listening()
+    assert (capped["total"], capped["truncated"], len(capped["sockets"])) == (5, True, 2)
+    for bad in (0, 65536, "22", True):
+        with pytest.raises(ValueError):
+            network.listening(port=bad)
 
 
 def test_network_listening_debian12(debian12):
-    result = network.listening()
+    result = network.listening()["sockets"]
     mine = [e for e in result if e["pid"] == 12079]
     # The recorder held 127.0.0.1:45678 (TCP) and [::1]:45679 (UDP) open while recording.
     assert [(e["proto"], e["address"], e["port"]) for e in mine] == [
