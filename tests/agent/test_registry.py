@@ -100,9 +100,11 @@ def test_type_errors_inside_operations_count_as_bad_arguments():
     assert err.value.code == "bad_arguments"
 
 
-def test_operation_error_codes_are_closed():
-    with pytest.raises(ValueError):
-        OperationError("oops", "not a code")
+def test_operation_error_keeps_code_and_message():
+    err = OperationError("timeout", "cpu.usage did not finish within 5 s")
+    assert (err.code, err.message) == ("timeout", "cpu.usage did not finish within 5 s")
+    assert err.to_dict() == {"code": "timeout", "message": "cpu.usage did not finish within 5 s"}
+    assert "cpu.usage did not finish" in str(err)
 
 
 def test_allow_patterns_and_refusal_messages():
