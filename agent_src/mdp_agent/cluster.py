@@ -81,15 +81,22 @@ def validate_folder(folder):
     path = os.path.normpath(folder)
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
+    _refuse_system_path(folder, path)
     # A symlink could lead a harmless-looking path into /etc: check where it really points, too.
-    for candidate in (path, os.path.realpath(path)):
-        if candidate == "/":
-            raise ClusterError("bad_folder", "folder %r is the root filesystem; sync a directory" % folder)
-        for root in FORBIDDEN_ROOTS:
-            if candidate == root or candidate.startswith(root + "/"):
-                raise ClusterError("bad_folder", "folder %r is under %s, a system directory that must "
-                                   "not be synced" % (folder, root))
+    try:
+        _refuse_system_path(folder, os.path.realpath(path))
+    except OSError as exc:
+        raise ClusterError("bad_folder", "folder %r cannot be resolved: %s" % (folder, exc.strerror or exc))
     return path
+
+
+def _refuse_system_path(folder, candidate):
+    if candidate == "/":
+        raise ClusterError("bad_folder", "folder %r is the root filesystem; sync a directory" % folder)
+    for root in FORBIDDEN_ROOTS:
+        if candidate == root or candidate.startswith(root + "/"):
+            raise ClusterError("bad_folder", "folder %r is under %s, a system directory that must "
+                               "not be synced" % (folder, root))
 
 
 def _ip(value, what):
