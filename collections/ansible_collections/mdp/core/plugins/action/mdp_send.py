@@ -87,7 +87,7 @@ class ActionModule(ActionBase):
 
     def _send(self, task_vars):
         result = {}
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
 
         if IMPORT_ERROR is not None:
             raise AnsibleActionFail(

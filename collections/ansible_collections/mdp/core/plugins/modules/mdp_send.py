@@ -51,10 +51,13 @@ attributes:
     description: Operations only read, so they run in check mode; see O(cluster_info) for the exception.
   diff_mode:
     support: none
+    description: Nothing on the host is compared or changed.
   platform:
+    support: full
     platforms: posix
+    description: Runs on the controller; the target only needs the MDP agent listening on UDP.
 author:
-  - MDP contributors
+  - MDP contributors (@mdp-project)
 notes:
   - Needs the C(mdp) Python distribution (the controller library) importable by the controller's Python.
 """
