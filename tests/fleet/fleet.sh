@@ -296,28 +296,33 @@ known_indexes() {
     } | grep -E '^[0-9]+$' | sort -nu
 }
 
-stop_host() {
-    local i=$1 name pids left
-    name=$(host_name "$i")
-    pids=$(nspawn_pids "$i" | tr '\n' ' ')
+# Stop the hosts with these indexes: all asked at once, then everything of theirs removed.
+stop_hosts() {
+    local i pids="" left name
+    for i in "$@"; do
+        left=$(nspawn_pids "$i" | tr '\n' ' ')
+        [ -z "$left" ] || { say "stopping $(host_name "$i")"; pids="$pids $left"; }
+    done
     if [ -n "$pids" ]; then
-        say "stopping $name"
-        # SIGTERM makes nspawn ask the host's systemd for an orderly poweroff.
+        # SIGTERM makes nspawn ask each host's systemd for an orderly poweroff.
         # shellcheck disable=SC2086
         left=$(signal_and_wait TERM 60 $pids)
         # shellcheck disable=SC2086
-        [ -z "$left" ] || { say "$name did not stop in 60 s: killing it"; signal_and_wait KILL 10 $left >/dev/null; }
+        [ -z "$left" ] || { say "killing hosts that did not stop in 60 s"; signal_and_wait KILL 10 $left >/dev/null; }
     fi
-    # A host whose nspawn was killed leaves its processes behind in the namespace.
-    if [ -e "/run/netns/$name" ]; then
-        pids=$(ip netns pids "$name" 2>/dev/null | tr '\n' ' ')
-        # shellcheck disable=SC2086
-        [ -z "$pids" ] || signal_and_wait KILL 10 $pids >/dev/null
-        ip netns delete "$name" 2>/dev/null || true
-    fi
-    ip link delete "$(host_veth "$i")" 2>/dev/null || true
-    umount_under "$(host_dir "$i")"
-    rm -rf --one-file-system "$(host_dir "$i")"
+    for i in "$@"; do
+        name=$(host_name "$i")
+        # A host whose nspawn was killed leaves its processes behind in the namespace.
+        if [ -e "/run/netns/$name" ]; then
+            pids=$(ip netns pids "$name" 2>/dev/null | tr '\n' ' ') || true
+            # shellcheck disable=SC2086
+            [ -z "$pids" ] || signal_and_wait KILL 10 $pids >/dev/null
+            ip netns delete "$name" 2>/dev/null || true
+        fi
+        ip link delete "$(host_veth "$i")" 2>/dev/null || true
+        umount_under "$(host_dir "$i")"
+        rm -rf --one-file-system "$(host_dir "$i")"
+    done
 }
 
 start_host() {
@@ -439,15 +444,15 @@ cmd_up() {
     for i in $(seq 1 "$((n < ${#SUITES[@]} ? n : ${#SUITES[@]}))"); do build_cache "$(host_suite "$i")"; done
     ensure_bridge
     start_proxy
-    for i in $(known_indexes); do
-        ((i > n)) && { say "$(host_name "$i") is beyond N=$n"; stop_host "$i"; }
-    done
+    local extra=()
+    for i in $(known_indexes); do ((i <= n)) || extra+=("$i"); done
+    ((${#extra[@]} == 0)) || { say "stopping hosts beyond N=$n"; stop_hosts "${extra[@]}"; }
     local booted=0
     for i in $(seq 1 "$n"); do
         if host_running "$i"; then
             say "reusing $(host_name "$i") ($(host_suite "$i"), $(host_ip "$i")), already running"
         else
-            stop_host "$i" # leftovers of a crash, if any
+            stop_hosts "$i" # leftovers of a crash, if any
             start_host "$i"
             booted=$((booted + 1))
         fi
@@ -462,7 +467,8 @@ cmd_down() {
     local i start=$SECONDS
     need_root
     take_lock
-    for i in $(known_indexes); do stop_host "$i"; done
+    # shellcheck disable=SC2046
+    stop_hosts $(known_indexes)
     stop_proxy
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
         say "removing bridge $BRIDGE"
@@ -489,8 +495,9 @@ cmd_status() {
             state=stopped
         fi
         case $state in running | degraded) ;; *) ok=1 ;; esac
-        mem=$(ip netns pids "$name" 2>/dev/null | while read -r p; do cat "/proc/$p/smaps_rollup" 2>/dev/null; done |
-            awk '/^Pss:/ { kb += $2 } END { printf "%d", kb / 1024 }')
+        # Processes come and go (our own ssh session just ended): a vanished one simply counts nothing.
+        mem=$(ip netns pids "$name" 2>/dev/null | while read -r p; do cat "/proc/$p/smaps_rollup" 2>/dev/null || true; done |
+            awk '/^Pss:/ { kb += $2 } END { printf "%d", kb / 1024 }') || true
         printf 'fleet%s\t%s\t%s\t%s\t%s\t%sMB\n' "$i" "$name" "$(host_ip "$i")" "$(host_suite "$i")" "$state" "${mem:-0}"
     done
     if [ -n "$(proxy_pids)" ]; then say "proxy: http://$BRIDGE_IP:$PROXY_PORT"; else say "proxy: stopped"; fi
