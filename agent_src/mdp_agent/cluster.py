@@ -118,19 +118,19 @@ def local_addresses():
                     previous = text[3:].strip()
                 elif "/32 host LOCAL" in text and previous:
                     found.add(previous)
-    except (IOError, OSError):
+    except OSError:
         pass
     try:
         with open("/proc/net/if_inet6") as handle:
             for line in handle:
                 raw = line.split()[0]
                 found.add(str(ipaddress.ip_address(binascii.unhexlify(raw))))
-    except (IOError, OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         pass
     return found
 
 
-class Request(object):
+class Request:
     """A validated cluster_info."""
 
     def __init__(self, info, local_ip, known_self=None):
@@ -165,12 +165,13 @@ class Request(object):
         if local_ip in self.machines:
             return local_ip
         # Reached through another address (a wildcard bind, NAT): any listed address of ours counts.
-        ours = [ip for ip in self.machines if ip in local_addresses()]
+        addresses = local_addresses()
+        ours = [ip for ip in self.machines if ip in addresses]
         if len(ours) == 1:
             return ours[0]
         if not ours:
             raise ClusterError("not_in_cluster", "cluster_machines %s does not include this machine (%s)"
-                               % (", ".join(self.machines), local_ip))
+                               % (", ".join(self.machines), ", ".join(sorted(addresses | {local_ip} - {None}))))
         raise ClusterError("bad_machine", "cluster_machines lists this machine twice (%s)" % ", ".join(ours))
 
     def _modes(self, modes):
@@ -211,14 +212,14 @@ class Request(object):
         return result
 
 
-class ClusterManager(object):
+class ClusterManager:
     """Applies cluster_info requests to the local Syncthing; one per agent, thread-safe."""
 
     def __init__(self, state_dir, config=None):
         global _current
         self.state_dir = state_dir
         self.config = dict(DEFAULTS)
-        self.config.update(dict((k, str(v)) for k, v in (config or {}).items()))
+        self.config.update({k: str(v) for k, v in (config or {}).items()})
         self._lock = threading.Lock()
         with _current_lock:
             _current = self
@@ -249,7 +250,7 @@ class ClusterManager(object):
                 return answer
             if request.folders is None:          # a question, not a change
                 return self._answer(my_id, state, self._missing(state))
-            known = dict((ip, dev) for ip, dev in state.get("devices", {}).items() if ip in request.machines)
+            known = {ip: dev for ip, dev in state.get("devices", {}).items() if ip in request.machines}
             known.update(request.devices)
             known.pop(request.self_ip, None)
             for path in request.folders:
@@ -278,8 +279,8 @@ class ClusterManager(object):
         folders = []
         for path in state.get("folders", []):
             fid = folder_id(path)
-            db = self._call(lambda: api.folder_status(fid))
-            completions = [self._call(lambda: api.completion(fid, p["device_id"])).get("completion", 0)
+            db = self._call(lambda fid=fid: api.folder_status(fid))
+            completions = [self._call(lambda fid=fid, p=p: api.completion(fid, p["device_id"])).get("completion", 0)
                            for p in peers]
             folders.append({"folder": path, "id": fid, "state": db.get("state", ""),
                             "errors": db.get("errors", 0) + db.get("pullErrors", 0),
@@ -293,8 +294,8 @@ class ClusterManager(object):
     def _converge(self, api, my_id, peers, folders, state):
         """Make Syncthing hold exactly these peers and managed folders (idempotent)."""
         config = api.config()
-        devices = dict((d["deviceID"], d) for d in config.get("devices", []))
-        existing = dict((f["id"], f) for f in config.get("folders", []))
+        devices = {d["deviceID"]: d for d in config.get("devices", [])}
+        existing = {f["id"]: f for f in config.get("folders", [])}
         reconnect = int(self.config["reconnect_s"])
         if folders and config.get("options", {}).get("reconnectionIntervalS", 60) > reconnect:
             api.patch_options({"reconnectionIntervalS": reconnect})
@@ -325,7 +326,7 @@ class ClusterManager(object):
                                 "fsWatcherDelayS": 1, "rescanIntervalS": 3600, "paused": False})
                 continue
             fields = {}
-            have = dict((d["deviceID"], d) for d in folder.get("devices", []))
+            have = {d["deviceID"]: d for d in folder.get("devices", [])}
             if set(have) != set(members):
                 fields["devices"] = [have.get(d, {"deviceID": d}) for d in members]
             for key, value in (("path", self._disk(path)), ("type", "sendreceive"), ("fsWatcherEnabled", True),
@@ -403,7 +404,7 @@ class ClusterManager(object):
             with open(self._state_path()) as handle:
                 state = json.loads(handle.read())
             return state if isinstance(state, dict) else {}
-        except (IOError, OSError):
+        except OSError:
             return {}
         except ValueError:
             LOG.warning("%s is not JSON; starting with an empty cluster state", self._state_path())

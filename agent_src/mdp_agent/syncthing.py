@@ -7,7 +7,6 @@ read connection and folder state. Python 3.4 standard library only (urllib).
 import base64
 import json
 import re
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,7 +48,7 @@ def normalize_device_id(value):
     must agree, so a mistyped ID is refused here instead of never connecting.
     """
     if not isinstance(value, str):
-        raise ValueError("a device ID must be a string, not %s" % type(value).__name__)
+        raise ValueError("a device ID must be a string, not %s" % type(value).__name__)  # noqa: TRY004
     raw = value.strip().upper().replace("-", "").replace(" ", "")
     if not _ID_CHARS.match(raw):
         raise ValueError("%r is not a Syncthing device ID (56 base32 characters, dashes optional)" % value)
@@ -71,7 +70,7 @@ def read_api_key(key_file=None, config_xml=None):
             if key:
                 return key
             tried.append("%s is empty" % key_file)
-        except (IOError, OSError) as exc:
+        except OSError as exc:
             tried.append("%s: %s" % (key_file, exc.strerror or exc))
     if config_xml:
         try:
@@ -80,13 +79,13 @@ def read_api_key(key_file=None, config_xml=None):
             if match:
                 return match.group(1).strip()
             tried.append("%s has no <apikey>" % config_xml)
-        except (IOError, OSError) as exc:
+        except OSError as exc:
             tried.append("%s: %s" % (config_xml, exc.strerror or exc))
     raise SyncthingError("no Syncthing API key (%s); is the mdp_cluster role applied?" % "; ".join(tried),
                          unreachable=True)
 
 
-class Syncthing(object):
+class Syncthing:
     """One Syncthing instance's REST API at api_url, authenticated with api_key."""
 
     def __init__(self, api_url=DEFAULT_API, api_key="", timeout=DEFAULT_TIMEOUT_S):
@@ -118,7 +117,7 @@ class Syncthing(object):
         except urllib.error.URLError as exc:
             raise SyncthingError("Syncthing is not running or not reachable at %s: %s"
                                  % (self.api_url, getattr(exc, "reason", exc)), unreachable=True)
-        except (socket.timeout, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise SyncthingError("Syncthing at %s did not answer %s %s: %s" % (self.api_url, method, path, exc),
                                  unreachable=True)
         if len(raw) > MAX_REPLY_BYTES:

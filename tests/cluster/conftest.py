@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import harness  # noqa: E402
+import harness
 
 
 def _ensure_syncthing():
@@ -20,11 +20,11 @@ def _ensure_syncthing():
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         result = subprocess.run(["apt-get", "install", "-y", "-q", "syncthing"], env=env,
-                                capture_output=True, text=True, timeout=600)
+                                capture_output=True, text=True, timeout=600, check=False)
         if result.returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600, check=False)
             subprocess.run(["apt-get", "install", "-y", "-q", "syncthing"], env=env,
-                           capture_output=True, timeout=600)
+                           capture_output=True, timeout=600, check=False)
     if not shutil.which("syncthing"):
         pytest.skip("syncthing is not installed (apt-get install syncthing)")
     harness.SYNCTHING = shutil.which("syncthing")

@@ -77,7 +77,7 @@ class Node:
         env = dict(os.environ, STNOUPGRADE="1", STNODEFAULTFOLDER="1", HOME=str(self.base))
         if os.environ.get("MDP_STTRACE"):
             env["STTRACE"] = os.environ["MDP_STTRACE"]
-        self.log = open(self.base / "syncthing.log", "ab")
+        self.log = open(self.base / "syncthing.log", "ab")  # noqa: SIM115 - open while Syncthing runs
         self.proc = subprocess.Popen([SYNCTHING, f"-home={self.home}", "-no-browser", "-no-restart"],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -116,7 +116,7 @@ class Node:
     def folder_state(self, folder: str) -> dict:
         return self.api.folder_status(folder_id(folder))
 
-    def connected_to(self, other: "Node") -> bool:
+    def connected_to(self, other: Node) -> bool:
         return bool(self.api.connections().get(other.device_id, {}).get("connected"))
 
 

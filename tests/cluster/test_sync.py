@@ -6,7 +6,6 @@ import json
 
 import pytest
 from harness import activate, read_or_none, seed_request, wait_for
-
 from mdp_agent.cluster import ClusterError, folder_id
 
 pytestmark = pytest.mark.slow
@@ -69,6 +68,7 @@ def test_create_change_delete_propagate(trio):
 
 def test_concurrent_edits_keep_both_versions(trio):
     a, b, c = trio
+    assert c.connected_to(a)
     a.path(FOLDER, "shared.txt").write_bytes(b"base")
     wait_for(lambda: everywhere(trio, "shared.txt", b"base"), SYNC_S, "the base version")
     # Cut a off from the others, edit on both sides, then reconnect: a true concurrent edit.
@@ -93,7 +93,7 @@ def test_concurrent_edits_keep_both_versions(trio):
 
 
 def test_host_added_later_catches_up_and_removed_host_stops_receiving(trio, node_factory):
-    a, b, c = trio
+    a = trio[0]
     a.path(FOLDER, "before.txt").write_bytes(b"made before d joined")
     wait_for(lambda: everywhere(trio, "before.txt", b"made before d joined"), SYNC_S, "the file on a, b, c")
     d = node_factory(4)
@@ -108,7 +108,7 @@ def test_host_added_later_catches_up_and_removed_host_stops_receiving(trio, node
     for node in trio:
         config = node.api.config()
         assert d.device_id not in [dev["deviceID"] for dev in config["devices"]]
-        folder = [f for f in config["folders"] if f["id"] == folder_id(FOLDER)][0]
+        folder = next(f for f in config["folders"] if f["id"] == folder_id(FOLDER))
         assert d.device_id not in [dev["deviceID"] for dev in folder["devices"]]
     wait_for(lambda: not any(node.connected_to(d) for node in trio), SYNC_S, "d to be disconnected")
     a.path(FOLDER, "after.txt").write_bytes(b"made after d left")
@@ -170,7 +170,7 @@ def test_syncthing_not_running_is_a_clear_error(node_factory):
 
 
 def test_leave_removes_the_folder_and_peers_but_keeps_the_files(trio):
-    a, b, c = trio
+    a, _, c = trio
     a.path(FOLDER, "kept.txt").write_bytes(b"kept")
     wait_for(lambda: everywhere(trio, "kept.txt", b"kept"), SYNC_S, "the file everywhere")
     answer = c.manager.handle({"cluster_leave": True}, c.ip)

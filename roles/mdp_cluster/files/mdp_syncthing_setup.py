@@ -45,7 +45,7 @@ def api_key(path, check):
             key = handle.read().strip()
         if key:
             return key, False
-    except (IOError, OSError):
+    except OSError:
         pass
     key = binascii.hexlify(os.urandom(24)).decode("ascii")
     if not check:
