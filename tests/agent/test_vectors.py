@@ -16,7 +16,6 @@ import struct
 import zlib
 
 import pytest
-
 from mdp_agent import protocol as p
 
 VECTOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vectors")
@@ -73,7 +72,7 @@ def test_vector_decodes_to_its_payload(vector):
             vector["kind"], _unhex(vector["msg_id"]), vector["timestamp_ms"])
         complete = reassembler.add("peer", packet, 0.0)
     assert complete is not None
-    kind, flags, _, body = complete
+    _, flags, _, body = complete
     assert p.decode_body(flags, body) == json.loads(vector["payload_text"])
 
 
@@ -117,4 +116,4 @@ def test_files_are_what_generate_py_writes():
             on_disk[os.path.basename(path)] = handle.read()
     assert sorted(on_disk) == sorted(wanted), "run tests/vectors/generate.py"
     for name in wanted:
-        assert on_disk[name] == wanted[name], "%s is stale: run tests/vectors/generate.py" % name
+        assert on_disk[name] == wanted[name], f"{name} is stale: run tests/vectors/generate.py"

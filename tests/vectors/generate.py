@@ -36,17 +36,22 @@ def _text(obj):
 def _chunked_result():
     rows = []
     for pid in range(1, 13):
-        rows.append({"pid": pid * 101, "name": "worker-%02d" % pid, "cpu_percent": round(pid * 1.25, 2),
+        rows.append({"pid": pid * 101, "name": f"worker-{pid:02d}", "cpu_percent": round(pid * 1.25, 2),
                      "rss_bytes": pid * 1048576 + pid * 7})
     return {"status": True, "version": "1.0", "cluster_info": {},
             "operations": [{"name": "process.top", "result": rows}]}
 
 
 def _compressible_result():
-    mounts = [{"mount": "/srv/data%d" % i, "fstype": "ext4", "total_bytes": 107374182400,
+    mounts = [{"mount": f"/srv/data{i}", "fstype": "ext4", "total_bytes": 107374182400,
                "free_bytes": 53687091200 - i * 4096, "read_only": False} for i in range(16)]
     return {"status": True, "version": "1.0", "cluster_info": {},
             "operations": [{"name": "filesystem.usage", "result": mounts}]}
+
+
+def _scrambled_lines(n):
+    """Lines that deflate only so far (multiplicative hashing), so compressed text still needs chunks."""
+    return [f"{i:05d} {_hex(struct.pack('!I', i * 2654435761 & 0xFFFFFFFF))}" for i in range(n)]
 
 
 # name -> (description, direction, kind, msg_id hex, payload object, max_datagram, compress)
@@ -83,9 +88,7 @@ POSITIVE = [
     ("reply-chunked-compressed", "A reply compressed first, then cut into chunks (the flag is on every chunk).",
      p.TO_CONTROLLER, p.REPLY, "6162636465666768",
      {"status": True, "version": "1.0", "cluster_info": {},
-      "operations": [{"name": "example.lines", "result": ["%05d %s" % (i, _hex(struct.pack("!I", i * 2654435761
-                                                                                       & 0xFFFFFFFF)))
-                                                       for i in range(120)]}]}, p.MIN_DATAGRAM, True),
+      "operations": [{"name": "example.lines", "result": _scrambled_lines(120)}]}, p.MIN_DATAGRAM, True),
 ]
 
 
@@ -151,13 +154,13 @@ def vectors():
                   "direction_key": _hex(dkey), "kind": kind, "kind_name": p.KIND_NAMES[kind], "msg_id": msg_id,
                   "timestamp_ms": TIMESTAMP_MS, "max_datagram": max_datagram, "compress": compress,
                   "payload_text": text, "datagrams": [_hex(d) for d in datagrams]}
-        out["%02d-%s.json" % (number + 1, name)] = vector
+        out[f"{number + 1:02d}-{name}.json"] = vector
     for number, (name, description, direction, datagrams, code) in enumerate(_negative(keys)):
         vector = {"description": description, "key": KEY_HEX, "direction": DIRECTION_NAMES[direction],
                   "direction_key": _hex(keys.for_direction(direction)), "datagrams": [_hex(d) for d in datagrams],
                   "expected_error": code}
-        out["bad-%02d-%s.json" % (number + 1, name)] = vector
-    return dict((name, json.dumps(v, indent=2, sort_keys=True, ensure_ascii=False) + "\n") for name, v in out.items())
+        out[f"bad-{number + 1:02d}-{name}.json"] = vector
+    return {name: json.dumps(v, indent=2, sort_keys=True, ensure_ascii=False) + "\n" for name, v in out.items()}
 
 
 def main(argv):
@@ -169,7 +172,7 @@ def main(argv):
         try:
             with open(path, encoding="utf-8") as handle:
                 current = handle.read()
-        except IOError:
+        except OSError:
             current = None
         if current != text:
             stale.append(name)
@@ -182,9 +185,9 @@ def main(argv):
         if not check:
             os.unlink(os.path.join(HERE, name))
     if check and stale:
-        sys.stderr.write("vectors out of date: %s (run tests/vectors/generate.py)\n" % ", ".join(stale))
+        sys.stderr.write("vectors out of date: {} (run tests/vectors/generate.py)\n".format(", ".join(stale)))
         return 1
-    print("%d vectors %s" % (len(wanted), "checked" if check else "written (%d changed)" % len(stale)))
+    print(f"{len(wanted)} vectors " + ("checked" if check else f"written ({len(stale)} changed)"))
     return 0
 
 
