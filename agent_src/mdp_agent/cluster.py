@@ -10,6 +10,7 @@ message fields and the design.
 """
 
 import binascii
+import errno
 import hashlib
 import ipaddress
 import json
@@ -358,7 +359,10 @@ class ClusterManager:
         try:
             os.makedirs(path, 0o755)
         except OSError as exc:
-            raise ClusterError("bad_folder", "cannot create folder %s: %s" % (path, exc.strerror or exc))
+            # A sandboxed agent (ProtectSystem=strict) cannot write there, but Syncthing can and
+            # creates a missing folder itself; anything else is a real problem with the path.
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ClusterError("bad_folder", "cannot create folder %s: %s" % (path, exc.strerror or exc))
 
     # Helpers ------------------------------------------------------------------------------
 

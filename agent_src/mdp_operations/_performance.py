@@ -5,6 +5,7 @@ The formula is written out in docs/cluster.md; cluster.performance and the clust
 
 import math
 import os
+import re
 import socket
 import struct
 import time
@@ -115,6 +116,30 @@ def _link(interface):
     return speed, min(1.0, moved * 8.0 / elapsed / (speed * 1e6 * 2))
 
 
+def _unescape(field):
+    """Mount points in mountinfo escape space, tab, newline and backslash as octal (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _host_read_only(path):
+    """Whether path's filesystem is read-only as the host sees it (PID 1's mount table), or None.
+
+    The agent's own view can differ: systemd's ProtectSystem=strict mounts / read-only for the agent
+    alone, while Syncthing, which does the writing, sees it read-write.
+    """
+    best = None
+    for line in _host.read_or("", "proc", "1", "mountinfo").splitlines():
+        mine, _, fs = line.partition(" - ")
+        fields, fs_fields = mine.split(), fs.split()
+        if len(fields) < 6 or len(fs_fields) < 3:
+            continue
+        point = _unescape(fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):   # later mounts hide earlier ones
+            best = (point, fields[5].split(",") + fs_fields[2].split(","))
+    return None if best is None else "ro" in best[1]
+
+
 def inputs(folder="/", ip=None):
     """Measure the score's inputs for folder (and the link that carries ip)."""
     where = _existing(folder)
@@ -124,13 +149,16 @@ def inputs(folder="/", ip=None):
     except (AttributeError, OSError):
         cpu_count = os.cpu_count() or 1
     link_mbps, link_use = _link(_route_interface(ip) if ip else None)
+    read_only = _host_read_only(os.path.realpath(where))
+    if read_only is None:
+        read_only = bool(st.f_flag & os.ST_RDONLY) or not os.access(where, os.W_OK)
     return {
         "cpu_count": cpu_count,
         "load1": load.avg()["load1"],
         "mem_available": memory.info()["available"],
         "disk_free": st.f_bavail * st.f_frsize,
         "disk_total": st.f_blocks * st.f_frsize,
-        "read_only": bool(st.f_flag & os.ST_RDONLY) or not os.access(where, os.W_OK),
+        "read_only": read_only,
         "link_mbps": link_mbps,
         "link_use": link_use,
     }

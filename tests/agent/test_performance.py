@@ -138,3 +138,23 @@ def test_link_of_the_peer_address_is_found_and_measured(tmp_path):
         assert perf._link("eth1") == (1000, 0.0)      # counters did not move: idle link
         assert perf._link("eth0") == (None, None)     # speed -1: a virtual NIC, unknown
         assert perf._route_interface("not an ip") is None
+
+
+def test_read_only_is_judged_from_the_hosts_mount_table(tmp_path):
+    """PID 1's mountinfo: / read-write, /srv/ro read-only, a later mount over /srv/ro/rw read-write."""
+    proc = tmp_path / "proc"
+    (proc / "1").mkdir(parents=True)
+    (proc / "1" / "mountinfo").write_text(
+        "27 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro\n"
+        "40 27 8:2 / /srv/ro ro,relatime shared:2 - ext4 /dev/sda2 rw\n"
+        "41 40 8:3 / /srv/ro/rw rw,relatime shared:3 - ext4 /dev/sda3 rw\n"
+        "42 27 8:4 / /mnt/with\\040space rw - vfat /dev/sdb1 ro\n")
+    with _host.roots(proc=str(proc)):
+        assert perf._host_read_only("/uploaded_files") is False
+        assert perf._host_read_only("/srv/ro") is True
+        assert perf._host_read_only("/srv/ro/data") is True
+        assert perf._host_read_only("/srv/ro/rw/data") is False
+        assert perf._host_read_only("/srv/rob") is False
+        assert perf._host_read_only("/mnt/with space/x") is True
+    with _host.roots(proc=str(tmp_path / "none")):
+        assert perf._host_read_only("/") is None
