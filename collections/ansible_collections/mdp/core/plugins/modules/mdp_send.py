@@ -3,7 +3,9 @@
 # MIT License (see galaxy.yml)
 # Documentation only: the work is done on the controller by plugins/action/mdp_send.py.
 
-from __future__ import annotations
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type  # ansible-core 2.16 still checks modules for Python 2 boilerplate
 
 DOCUMENTATION = r"""
 ---

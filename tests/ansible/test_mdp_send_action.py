@@ -1,0 +1,97 @@
+"""mdp_send from Ansible, against a real agent process on loopback (no fleet needed).
+
+Runs `ansible` exactly as an operator would from the project root, so ansible.cfg's paths are what
+make both the FQCN and the short name resolve.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from conftest import run_tree
+
+_calls = itertools.count()
+
+
+def send(agent, module, args, *flags, known_machines=None):
+    """(process, this host's result) of one ad-hoc mdp_send."""
+    tree = agent.state_dir.parent / f"tree-{next(_calls)}"
+    result, last = run_tree(["ansible", "all", "-i", f"{agent.ip},", "-c", "local", "-m", module, "-a", args,
+                             *flags], tree, known_machines=known_machines or agent.known_machines)
+    return result, last.get(agent.ip, {})
+
+
+@pytest.mark.parametrize("module", ["mdp.core.mdp_send", "mdp_send"])
+def test_fqcn_and_short_name_answer(loopback_agent, module):
+    result, res = send(loopback_agent, module, f"operations=ping,load.avg port={loopback_agent.port}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert res["status"] is True and res["changed"] is False
+    assert [op["name"] for op in res["operations"]] == ["ping", "load.avg"]
+    assert res["operations"][0]["result"]["reply"] == "pong"
+    assert res["operations"][1]["result"]["load1"] >= 0
+
+
+def test_operation_with_args_in_a_playbook(loopback_agent, tmp_path):
+    """playbooks/send.yml passes {name, args} mappings through as they are."""
+    result, last = run_tree(["ansible-playbook", "-i", f"{loopback_agent.ip},", "-c", "local", "playbooks/send.yml",
+                             "-e", "mdp_send_hosts=all", "-e", f"mdp_send_port={loopback_agent.port}",
+                             "-e", '{"mdp_send_operations": [{"name": "process.top", "args": {"n": 2}}]}'],
+                            tmp_path / "tree", known_machines=loopback_agent.known_machines)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = last[loopback_agent.ip]["msg"]  # the debug task prints the operations' results
+    assert shown[0]["name"] == "process.top"
+    assert 1 <= len(shown[0]["result"]) <= 2 and "pid" in shown[0]["result"][0]
+
+
+def test_no_key_fails_naming_the_directory(loopback_agent, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o700)
+    result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port}", known_machines=empty)
+    assert result.returncode != 0
+    assert f"no key for {loopback_agent.ip} in {empty}" in res["msg"]
+
+
+def test_wrong_key_fails_and_nothing_runs(loopback_agent, tmp_path):
+    """A controller holding a different key: the agent cannot verify the request and stays silent."""
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    (other / f"{loopback_agent.ip}.txt").write_text("ab" * 32 + "\n")
+    (other / f"{loopback_agent.ip}.txt").chmod(0o600)
+    result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port} timeout=2",
+                       known_machines=other)
+    assert result.returncode != 0
+    assert res["msg"].startswith(f"mdp_send to {loopback_agent.ip}:{loopback_agent.port}: ")
+    assert "signature" in res["msg"] or "timeout" in res["msg"], res["msg"]
+
+
+def test_unknown_operation_names_it(loopback_agent):
+    result, res = send(loopback_agent, "mdp_send", f"operations=ping,no.such port={loopback_agent.port}")
+    assert result.returncode != 0
+    assert "no.such (unknown_operation" in res["msg"]
+
+
+def test_malformed_operation_fails_before_sending(loopback_agent):
+    result, res = send(loopback_agent, "mdp_send",
+                       '{"operations": [{"name": "ping", "argz": {}}], "port": %d}' % loopback_agent.port)
+    assert result.returncode != 0
+    assert "operations[0]: unknown field(s) argz" in res["msg"]
+
+
+def test_nobody_listening_times_out_with_the_cause(loopback_agent):
+    result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port + 1} timeout=1")
+    assert result.returncode != 0
+    assert "timeout" in res["msg"]
+
+
+def test_check_mode_runs_reads_and_skips_cluster_mode(loopback_agent):
+    reads, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port}", "--check")
+    assert reads.returncode == 0, reads.stdout
+    assert res["operations"][0]["result"]["reply"] == "pong"
+
+    cluster, _ = send(loopback_agent, "mdp_send",
+                      '{"operations": ["ping"], "cluster_info": {"cluster_mode": true}, "port": %d}'
+                      % loopback_agent.port, "--check")
+    assert cluster.returncode == 0, cluster.stdout
+    assert "SKIPPED" in cluster.stdout

@@ -1,0 +1,132 @@
+"""The service definitions and the init-system choice, rendered from the roles' own text.
+
+No upstart host can boot here (Ubuntu 14.04 has no debootstrap-able upstart userland that runs under
+systemd-nspawn on this machine), so the upstart job is tested as rendered text, and the choice between
+systemd and upstart by rendering the role's own `src`/`dest` expressions for a host whose
+ansible_service_mgr fact is faked as upstart. The systemd unit is also checked by systemd-analyze.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
+from ansible.template import Templar
+
+from conftest import REPO
+
+ROLE = REPO / "roles" / "mdp_agent"
+init_plugin_loader()  # lookups and filters, as ansible-playbook loads them
+
+
+def role_vars(service_mgr: str, **overrides) -> dict:
+    """The role's defaults and vars for one fake host, as a play would see them."""
+    variables = {
+        "role_path": str(ROLE),
+        "inventory_hostname": "legacy1",
+        "ansible_host": "192.168.33.20",
+        "ansible_service_mgr": service_mgr,
+        "ansible_managed": "Ansible managed",
+        "ansible_config_file": str(REPO / "ansible.cfg"),
+    }
+    for name in ("defaults", "vars"):
+        variables.update(yaml.safe_load((ROLE / name / "main.yml").read_text()))
+    variables.update(overrides)
+    return variables
+
+
+def render(text: str, variables: dict):
+    loader = DataLoader()
+    loader.set_basedir(str(ROLE))
+    return Templar(loader=loader, variables=variables).template(text)
+
+
+def service_task() -> dict:
+    tasks = yaml.safe_load((ROLE / "tasks" / "service.yml").read_text())
+    return next(t for t in tasks if "ansible.builtin.template" in t)["ansible.builtin.template"]
+
+
+@pytest.mark.parametrize("manager, template, dest", [
+    ("upstart", "mdp-agent.upstart.j2", "/etc/init/mdp-agent.conf"),
+    ("systemd", "mdp-agent.service.j2", "/etc/systemd/system/mdp-agent.service"),
+])
+def test_service_manager_fact_picks_the_definition(manager, template, dest):
+    task = service_task()
+    variables = role_vars(manager)
+    assert render(task["src"], variables) == template
+    assert render(task["dest"], variables) == dest
+
+
+def test_unsupported_init_system_fails_with_its_name():
+    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
+    check = tasks[0]["ansible.builtin.assert"]
+    variables = role_vars("sysvinit")
+    assert render("{{ %s }}" % check["that"], variables) is False
+    assert '"sysvinit"' in render(check["fail_msg"], variables)
+    assert render("{{ %s }}" % check["that"], role_vars("upstart")) is True
+
+
+def test_upstart_job_respawns_the_agent_with_its_code_and_config():
+    job = render((ROLE / "templates" / "mdp-agent.upstart.j2").read_text(), role_vars("upstart"))
+    lines = [line.strip() for line in job.splitlines()]
+    assert "# Ansible managed" in lines
+    assert "respawn" in lines and "respawn limit 10 5" in lines
+    assert "start on (local-filesystems and net-device-up IFACE!=lo)" in lines
+    assert "stop on runlevel [!2345]" in lines
+    assert "env PYTHONPATH=/opt/mdp-agent/current" in lines
+    assert "exec /usr/bin/python3 -m mdp_agent --config /etc/mdp/agent.conf" in lines
+    # Upstart stanzas only: a systemd key here would be a syntax error for init-checkconf.
+    assert not any(line.startswith(("ExecStart", "[Service]", "Restart=")) for line in lines)
+
+
+def test_systemd_unit_is_hardened_and_restarts():
+    unit = render((ROLE / "templates" / "mdp-agent.service.j2").read_text(),
+                  role_vars("systemd", mdp_agent_systemd_read_write_paths=["/srv/sync"]))
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(unit)
+    service = parser["Service"]
+    assert service["ExecStart"] == "/usr/bin/python3 -m mdp_agent --config /etc/mdp/agent.conf"
+    assert service["Restart"] == "always"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict"
+    assert service["ReadWritePaths"] == "/var/lib/mdp-agent /srv/sync"
+    assert service["PrivateTmp"] == "yes"
+    assert service["ProtectHome"] == "read-only"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_passes_systemd_analyze(tmp_path):
+    unit = tmp_path / "mdp-agent.service"
+    unit.write_text(render((ROLE / "templates" / "mdp-agent.service.j2").read_text(), role_vars("systemd")))
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    # Only complaints about this unit count; a container without systemd as PID 1 adds unrelated noise.
+    complaints = [line for line in result.stderr.splitlines() if "mdp-agent.service" in line]
+    assert complaints == [], result.stderr
+
+
+def test_agent_config_is_what_the_agent_parses():
+    conf = render((ROLE / "templates" / "agent.conf.j2").read_text(),
+                  role_vars("systemd", mdp_agent_monitor_address="10.0.0.1", mdp_agent_allow=["system.*", "load.*"],
+                            mdp_agent_extra_config={"cluster_dir": "/srv/sync"}))
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(conf)
+    agent = parser["agent"]
+    assert agent["monitor"] == "10.0.0.1:12345"  # a bare host gets the monitor's default port
+    assert agent["allow"] == "system.*, load.*"
+    assert agent["enable_mutating"] == "false"
+    assert agent["report_operations"] == "system.uptime, load.avg, memory.info, filesystem.usage"
+    assert agent["cluster_dir"] == "/srv/sync"
+
+
+def test_version_is_read_from_the_agent_source():
+    init = (REPO / "agent_src" / "mdp_agent" / "__init__.py").read_text()
+    assert f'__version__ = "{render("{{ mdp_agent_version }}", role_vars("systemd"))}"' in init
