@@ -20,6 +20,7 @@ $(VENV)/.done: pyproject.toml
 
 $(OLD_VENV)/.done:
 	$(OLD_PY) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install -q 'pip<22'
 	$(OLD_VENV)/bin/pip install -q 'pytest<7.1' 'hypothesis<6.32'
 	touch $@
 

@@ -80,6 +80,9 @@ REASSEMBLY_MESSAGES_PER_PEER = 8
 REASSEMBLY_BYTES_PER_PEER = MAX_MESSAGE_BYTES + 64 * 1024
 REASSEMBLY_BYTES_TOTAL = 64 * 1024 * 1024
 REASSEMBLY_IDLE_S = 10.0
+# What each held chunk costs beyond its body (dict slot, bytes object): counted so that a flood of
+# empty chunks is bounded like a flood of full ones.
+CHUNK_COST = 100
 # Sent messages kept to answer duplicates and RESENDs: bytes overall, and for how long.
 OUTBOX_BYTES = 16 * 1024 * 1024
 OUTBOX_TTL_S = 2 * DEFAULT_REPLAY_WINDOW_S
@@ -171,7 +174,8 @@ def _mac(dkey, data):
 
 def dump_json(obj):
     """Compact UTF-8 JSON, the form every message body takes before compression."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # allow_nan=False: NaN and Infinity are not JSON (RFC 8259); other parsers refuse them.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def new_msg_id():
@@ -188,13 +192,13 @@ def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAU
         raise ValueError("max_datagram must be between %d and %d" % (MIN_DATAGRAM, MAX_DATAGRAM))
     if len(msg_id) != 8:
         raise ValueError("msg_id must be 8 bytes")
+    if len(payload) > MAX_MESSAGE_BYTES:   # receivers refuse to inflate past this, so never send it
+        raise ProtocolError("too_large", "message is %d bytes, the limit is %d" % (len(payload), MAX_MESSAGE_BYTES))
     flags = 0
     if compress and len(payload) >= COMPRESS_MIN_BYTES:
         packed = zlib.compress(payload, 6)
         if len(packed) < len(payload):
             payload, flags = packed, FLAG_ZLIB
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", "message is %d bytes, the limit is %d" % (len(payload), MAX_MESSAGE_BYTES))
     room = max_datagram - OVERHEAD
     count = max(1, (len(payload) + room - 1) // room)
     datagrams = []
@@ -310,7 +314,9 @@ def parse_operation(item):
     if isinstance(item, str):
         name, args = item, {}
     elif isinstance(item, dict) and isinstance(item.get("name"), str):
-        name, args = item["name"], item.get("args") or {}
+        name, args = item["name"], item.get("args", {})
+        if args is None:
+            args = {}
         unknown = set(item) - {"name", "args"}
         if unknown:
             raise ValueError("unknown field(s) %s in operation %r" % (", ".join(sorted(unknown)), name))
@@ -327,7 +333,9 @@ def parse_request(obj):
     """Validate a request object -> (operations list, cluster_info dict). ProtocolError if malformed."""
     check_payload_version(obj)
     operations = obj.get("operations", [])
-    cluster_info = obj.get("cluster_info") or {}
+    cluster_info = obj.get("cluster_info")
+    if cluster_info is None:
+        cluster_info = {}
     if not isinstance(operations, list):
         raise ProtocolError("bad_request", "\"operations\" must be a list")
     if not isinstance(cluster_info, dict):
@@ -422,13 +430,14 @@ class Reassembler(object):
         part.last_seen = now
         if packet.index in part.chunks:
             return None
+        cost = len(packet.body) + CHUNK_COST
         peer_size = sum(p.size for p in partials.values())
-        if peer_size + len(packet.body) > self.per_peer_bytes or self.total + len(packet.body) > self.total_bytes:
+        if peer_size + cost > self.per_peer_bytes or self.total + cost > self.total_bytes:
             self._drop(peer, packet.msg_id)
             return None
         part.chunks[packet.index] = packet.body
-        part.size += len(packet.body)
-        self.total += len(packet.body)
+        part.size += cost
+        self.total += cost
         if len(part.chunks) < part.count:
             return None
         self._forget(peer, packet.msg_id)

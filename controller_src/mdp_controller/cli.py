@@ -129,8 +129,9 @@ def cmd_send(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from . import collector
     from mdp_agent.config import ConfigError, parse_hostport
+
+    from . import collector
     try:
         listen = parse_hostport(args.listen)
     except ConfigError as exc:
@@ -165,8 +166,8 @@ def _headline(latest: dict) -> str:
     if isinstance(mem, dict) and "percent" in mem:
         parts.append(f"mem {mem['percent']:.0f}%")
     up = latest.get("system.uptime", {}).get("result")
-    if isinstance(up, dict) and "uptime" in up:
-        parts.append(f"up {up['uptime'] / 86400:.1f}d")
+    if isinstance(up, dict) and "seconds" in up:
+        parts.append(f"up {up['seconds'] / 86400:.1f}d")
     errors = [name for name, value in latest.items() if "error" in value]
     if errors:
         parts.append("errors: " + ",".join(errors))

@@ -47,7 +47,7 @@ class _Pending:
 
 
 class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, client: "Client"):
+    def __init__(self, client: Client):
         self.client = client
         self.transport: asyncio.DatagramTransport | None = None
 
