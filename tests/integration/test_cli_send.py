@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+
 from mdp_agent import protocol
 from mdp_controller.keystore import KeyStore
 

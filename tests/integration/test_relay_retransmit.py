@@ -12,6 +12,7 @@ import os
 import socket
 
 import pytest
+
 from mdp_agent import protocol
 from mdp_controller.client import Client
 from mdp_controller.keystore import KeyStore
