@@ -41,9 +41,7 @@ class FleetHost:
 
     def ssh(self, command: str, *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a shell command on the host as root; stdout and stderr are captured as text."""
-        result = subprocess.run(
-            [*self.ssh_args, command], check=False, capture_output=True, text=True, timeout=timeout
-        )
+        result = subprocess.run([*self.ssh_args, command], check=False, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{self.name} ({self.ip}): {command!r} exited {result.returncode}\n"
@@ -115,9 +113,7 @@ def load(inventory: Path = INVENTORY, booted: bool = False) -> Fleet:
         )
     hosts.sort(key=lambda h: h.index)
     monitor = data["all"]["vars"]["mdp_agent_monitor_address"]
-    return Fleet(
-        tuple(hosts), inventory, monitor, data["all"]["vars"]["mdp_bootstrap_apt_proxy"], key, booted
-    )
+    return Fleet(tuple(hosts), inventory, monitor, data["all"]["vars"]["mdp_bootstrap_apt_proxy"], key, booted)
 
 
 def skip_reason() -> str | None:
@@ -141,8 +137,9 @@ def fleet():
         result = run_script("up", str(DEFAULT_SIZE))
         if result.returncode != 0:
             raise RuntimeError(f"fleet.sh up {DEFAULT_SIZE} failed ({result.returncode}):\n{result.stderr}")
-    # Own the fleet only if nothing of it existed before: never stop hosts someone else started.
-    booted = not lines
+    # Own the fleet only if none of it was running (leftovers of a crash do not count): never stop
+    # hosts someone else started.
+    booted = not running
     yield load(booted=booted)
     if booted and os.environ.get("MDP_FLEET_KEEP") != "1":
         result = run_script("down", timeout=600)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,7 @@ def test_committed_local_inventory_matches_a_default_fleet(fleet):
 def test_each_host_answers_ssh_as_itself(fleet):
     machine_ids = set()
     for host in fleet.hosts:
-        out = host.ssh(
-            "hostname; . /etc/os-release; echo $VERSION_CODENAME; cat /etc/machine-id"
-        ).stdout.split()
+        out = host.ssh("hostname; . /etc/os-release; echo $VERSION_CODENAME; cat /etc/machine-id").stdout.split()
         assert out[:2] == [host.hostname, host.suite]
         machine_ids.add(out[2])
     assert len(machine_ids) == len(fleet.hosts), "every host needs its own machine-id"
@@ -151,23 +150,19 @@ def test_bad_input_gets_a_clear_error():
         assert result.returncode != 0 and needle in result.stderr, (args, result.stderr)
 
 
-def leftovers(fleet) -> list[str]:
+def leftovers() -> list[str]:
     """Everything the harness creates on this machine that still exists."""
     found = []
     netns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
     found += [line for line in netns.splitlines() if line.startswith("mdp-fleet-")]
     links = subprocess.run(["ip", "-o", "link", "show"], check=False, capture_output=True, text=True).stdout
-    found += [
-        line.split(":")[1].strip() for line in links.splitlines() if ": mdpv" in line or ": mdpbr0" in line
-    ]
+    found += [line.split(":")[1].strip() for line in links.splitlines() if ": mdpv" in line or ": mdpbr0" in line]
     found += [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
         if line.split()[4].startswith(str(STATE_DIR))
     ]
-    procs = subprocess.run(
-        ["pgrep", "-a", "-f", "mdp-fleet"], check=False, capture_output=True, text=True
-    ).stdout
+    procs = subprocess.run(["pgrep", "-a", "-f", "mdp-fleet"], check=False, capture_output=True, text=True).stdout
     found += [line for line in procs.splitlines() if "systemd-nspawn" in line or "tinyproxy" in line]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -182,23 +177,53 @@ def leftovers(fleet) -> list[str]:
     return found
 
 
-def test_down_after_a_crash_leaves_nothing_and_up_recovers(fleet):
-    """Runs last: kills the hosts and the proxy like a crash would, then down, down again, up."""
+def crash(fleet) -> None:
+    """SIGKILL every host's nspawn and the proxy, as a crash or a killed session would."""
+    pids = subprocess.run(
+        ["pgrep", "-f", "systemd-nspawn .*/run/netns/mdp-fleet-|tinyproxy -c /run/mdp-fleet/"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert len(pids) == len(fleet.hosts) + 1, pids
+    subprocess.run(["kill", "-KILL", *pids], check=True)
+
+
+def test_up_and_down_recover_from_a_crash(fleet):
     if not fleet.booted:
         pytest.skip("the fleet was already running before this session: not crashing someone else's hosts")
-    crashed = subprocess.run(
-        ["pgrep", "-f", "systemd-nspawn .*mdp-fleet-|tinyproxy -c /run/mdp-fleet"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    subprocess.run(["kill", "-KILL", *crashed], check=True)
+    crash(fleet)
+    result = run_script("up", str(len(fleet.hosts)))
+    assert result.returncode == 0, result.stderr
+    assert f"({len(fleet.hosts)} booted, 0 reused)" in result.stderr
+    for host in fleet.hosts:
+        assert host.ssh("hostname").stdout.strip() == host.hostname
+    crash(fleet)
     for attempt in range(2):
         result = run_script("down", timeout=600)
         assert result.returncode == 0, (attempt, result.stderr)
-        assert leftovers(fleet) == [], attempt
+        assert leftovers() == [], attempt
     result = run_script("up", str(len(fleet.hosts)))
     assert result.returncode == 0, result.stderr
     assert load().hosts == fleet.hosts
     for host in fleet.hosts:
-        assert host.ssh("hostname").stdout.strip() == host.hostname
+        assert host.ssh("command -v python3 || hostname").stdout.strip() == host.hostname
+
+
+@pytest.mark.parametrize(
+    ("prefix", "env", "reason"),
+    [
+        ([], {"MDP_FLEET": "0"}, "MDP_FLEET=0: the booted test fleet is switched off"),
+        (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], {}, "the test fleet needs root"),
+    ],
+    ids=["MDP_FLEET=0", "not-root"],
+)
+def test_fleet_tests_skip_with_their_reason(prefix, env, reason):
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__, "-k", "ssh_as"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={**os.environ, **env},
+    )
+    assert "1 skipped" in result.stdout and reason in result.stdout, result.stdout + result.stderr
