@@ -15,6 +15,7 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mdp_agent import protocol as p
 
 KEYS = p.KeyPair(bytes(bytearray(range(32))))
@@ -146,8 +147,7 @@ def test_every_truncation_and_extension_is_rejected():
         for length in range(len(datagram)):
             with pytest.raises(p.ProtocolError) as info:
                 p.open_datagram(datagram[:length], KEYS, p.TO_CONTROLLER)
-            assert info.value.code == ("truncated" if length < p.OVERHEAD else
-                                       "bad_magic" if length < 2 else "bad_signature")
+            assert info.value.code == ("truncated" if length < p.OVERHEAD else "bad_signature")
         with pytest.raises(p.ProtocolError, match="signature"):
             p.open_datagram(datagram + b"\x00", KEYS, p.TO_CONTROLLER)
 
@@ -394,6 +394,21 @@ def test_a_one_mib_incompressible_result_gets_through_at_the_default_datagram_si
     results = [reassembler.add(PEER, p.open_datagram(d, KEYS, p.TO_CONTROLLER), 0.0) for d in reversed(datagrams)]
     _, flags, _, body = results[-1]
     assert p.decode_body(flags, body) == reply
+
+
+@pytest.mark.xfail(strict=True, reason="protocol.py bug: REASSEMBLY_BYTES_PER_PEER leaves 64 KiB for CHUNK_COST, "
+                                       "but a 4 MiB message has 3,673 chunks at 1200 bytes (367 KB of cost)")
+@pytest.mark.parametrize("max_datagram", [p.MIN_DATAGRAM, p.DEFAULT_MAX_DATAGRAM])
+def test_the_largest_message_reassembles_within_the_default_limits(max_datagram):
+    """Whatever a sender may send (MAX_MESSAGE_BYTES, incompressible), a receiver must be able to hold."""
+    payload = os.urandom(p.MAX_MESSAGE_BYTES)
+    room = max_datagram - p.OVERHEAD
+    count = -(-len(payload) // room)
+    reassembler = p.Reassembler()
+    for index in range(count):   # the chunks encode_message makes, without paying for their MACs
+        done = reassembler.add(PEER, packet(index, count, payload[index * room:(index + 1) * room]), 0.0)
+    assert reassembler.dropped == 0
+    assert done is not None and done[3] == payload
 
 
 def test_an_uncompressed_message_over_the_limit_is_refused():
