@@ -34,6 +34,7 @@ FOLDER_ID_PREFIX = "mdp-"   # folders this agent manages; others on the same Syn
 FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/etc", "/boot", "/run", "/bin", "/sbin", "/lib",
                    "/lib32", "/lib64", "/libx32", "/usr")
 MAX_PATH = 4096             # PATH_MAX on Linux
+MIN_RECONNECT_S = 5         # Syncthing raises a lower reconnectionIntervalS to this
 MAX_MACHINES = 256          # one Syncthing folder shared with more peers than this is not a LAN cluster
 
 DEFAULTS = {
@@ -243,25 +244,25 @@ class ClusterManager:
                 if ip != request.self_ip and device == my_id:
                     raise ClusterError("bad_device_id", "cluster_devices gives %s this machine's own ID" % ip)
             if request.leave:
-                self._call(lambda: self._converge(api, my_id, {}, [], state))
+                changed = self._call(lambda: self._converge(api, my_id, {}, [], state))
                 state = {"self_ip": request.self_ip}
                 self._save(state)
-                answer = self._answer(my_id, state, [])
+                answer = self._answer(my_id, state, [], changed)
                 answer["left"] = True
                 return answer
             if request.folders is None:          # a question, not a change
-                return self._answer(my_id, state, self._missing(state))
+                return self._answer(my_id, state, self._missing(state), False)
             known = {ip: dev for ip, dev in state.get("devices", {}).items() if ip in request.machines}
             known.update(request.devices)
             known.pop(request.self_ip, None)
             for path in request.folders:
                 self._make_folder(self._disk(path))
             peers = known if request.folders else {}    # devices exist only to share folders
-            self._call(lambda: self._converge(api, my_id, peers, request.folders, state))
+            changed = self._call(lambda: self._converge(api, my_id, peers, request.folders, state))
             state.update(self_ip=request.self_ip, machines=request.machines, devices=known,
                          folders=request.folders)
             self._save(state)
-            return self._answer(my_id, state, self._missing(state))
+            return self._answer(my_id, state, self._missing(state), changed)
 
     def identity(self):
         api = self._api()
@@ -293,11 +294,12 @@ class ClusterManager:
     # Convergence --------------------------------------------------------------------------
 
     def _converge(self, api, my_id, peers, folders, state):
-        """Make Syncthing hold exactly these peers and managed folders (idempotent)."""
+        """Make Syncthing hold exactly these peers and managed folders (idempotent); True if it changed."""
         config = api.config()
+        api = _Recorder(api)
         devices = {d["deviceID"]: d for d in config.get("devices", [])}
         existing = {f["id"]: f for f in config.get("folders", [])}
-        reconnect = int(self.config["reconnect_s"])
+        reconnect = max(MIN_RECONNECT_S, int(self.config["reconnect_s"]))
         if folders and config.get("options", {}).get("reconnectionIntervalS", 60) > reconnect:
             api.patch_options({"reconnectionIntervalS": reconnect})
 
@@ -349,6 +351,7 @@ class ClusterManager:
                 api.remove_device(device)
             managed.discard(device)
         state["managed_devices"] = sorted(managed)
+        return api.writes > 0
 
     @staticmethod
     def _make_folder(path):
@@ -366,14 +369,14 @@ class ClusterManager:
 
     # Helpers ------------------------------------------------------------------------------
 
-    def _answer(self, my_id, state, missing):
+    def _answer(self, my_id, state, missing, changed):
         self_ip = state.get("self_ip")
         modes = []
         for path in state.get("folders", []):
             modes.append({"name": MODE_SYNC_FOLDERS, "folder": path, "folder_id": folder_id(path),
                           "performance": performance_ops.performance(self._disk(path), self_ip)["performance"]})
         return {"cluster_machines": self_ip, "machine_mode": modes, "device_id": my_id,
-                "missing_identities": missing}
+                "missing_identities": missing, "changed": changed}
 
     @staticmethod
     def _missing(state):
@@ -427,6 +430,24 @@ class ClusterManager:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+class _Recorder(object):
+    """A Syncthing client that counts the config writes made through it."""
+
+    def __init__(self, api):
+        self._api = api
+        self.writes = 0
+
+    def __getattr__(self, name):
+        method = getattr(self._api, name)
+        if not name.split("_")[0] in ("add", "patch", "remove"):
+            return method
+
+        def write(*args):
+            self.writes += 1
+            return method(*args)
+        return write
 
 
 def current():

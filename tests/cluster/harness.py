@@ -55,7 +55,7 @@ class Node:
         self.base.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(SETUP_SCRIPT), "--home", str(self.home),
                         "--listen", f"tcp://{ip}:22000", "--gui-address", f"{ip}:{API_PORT}",
-                        "--api-key-file", str(self.key_file), "--reconnect-s", "2",
+                        "--api-key-file", str(self.key_file), "--reconnect-s", "5",
                         "--syncthing", SYNCTHING], check=True, capture_output=True, timeout=120)
         self.manager = self.new_manager()
 
@@ -66,7 +66,7 @@ class Node:
             "syncthing_api_key_file": str(self.key_file),
             "syncthing_config": str(self.home / "config.xml"),
             "folder_root": str(self.root),
-            "reconnect_s": "2",
+            "reconnect_s": "5",
         })
 
     @property

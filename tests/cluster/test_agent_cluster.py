@@ -29,7 +29,7 @@ def agents(tmp_path, node_factory):
         conf.write_text("[agent]\noperation_timeout = 30\n[cluster]\n"
                         f"syncthing_api = http://{node.ip}:8384\n"
                         f"syncthing_api_key_file = {node.key_file}\n"
-                        f"folder_root = {node.root}\nreconnect_s = 2\n")
+                        f"folder_root = {node.root}\nreconnect_s = 5\n")
         agent = Agent(tmp_path, node.ip, port, known, config=conf).start().trust()
         started.append((node, agent))
     yield started, {"known_machines": str(known), "port": port, "timeout": 30}

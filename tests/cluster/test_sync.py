@@ -38,6 +38,7 @@ def trio(node_factory):
 def test_seed_message_answers_in_the_seed_shape_and_reports_missing_identities(node_factory):
     a, b = node_factory(1), node_factory(2)
     answer = a.manager.handle(seed_request([a, b], FOLDER), a.ip)
+    assert answer["changed"] is True
     assert answer["cluster_machines"] == a.ip
     assert [m["name"] for m in answer["machine_mode"]] == ["sync_folders"]
     assert 1 <= answer["machine_mode"][0]["performance"] <= 9
@@ -133,7 +134,8 @@ def test_syncthing_and_agent_restart_keep_the_cluster(trio):
 def test_reapplying_the_same_request_changes_nothing(trio):
     a = trio[0]
     before = a.api.config()
-    activate(trio, FOLDER)
+    answers = activate(trio, FOLDER)
+    assert not any(answer["changed"] for answer in answers.values())
     after = a.api.config()
     assert before["folders"] == after["folders"] and before["devices"] == after["devices"]
 

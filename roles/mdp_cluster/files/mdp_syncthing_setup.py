@@ -75,7 +75,8 @@ def apply(root, listen, gui_address, key, reconnect_s):
     options = root.find("options")
     if options is None:
         options = ET.SubElement(root, "options")
-    wanted = dict(LAN_ONLY, reconnectionIntervalS=str(reconnect_s))
+    # Syncthing raises anything below 5 s to 5 s on load; writing less would never settle.
+    wanted = dict(LAN_ONLY, reconnectionIntervalS=str(max(5, reconnect_s)))
     for tag in sorted(wanted):
         changed |= set_text(options, tag, wanted[tag])
     current = [n.text for n in options.findall("listenAddress")]
