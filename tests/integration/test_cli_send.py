@@ -146,3 +146,23 @@ def test_bad_usage_exits_2(known_machines, port, args):
     out = send(known_machines, port, *args)
     assert out.stderr.startswith("mdp: ")   # a clear message naming the cause...
     assert out.returncode == 2              # ...and the documented exit status
+
+
+def _bad_value(flag, value, reason):
+    return pytest.param(flag, value, marks=pytest.mark.xfail(strict=True, reason=reason), id=f"{flag}={value}")
+
+
+@pytest.mark.parametrize("flag,value", [
+    _bad_value("--port", "70000", "OverflowError inside asyncio's sendto: a traceback, not a usage error"),
+    _bad_value("--port", "0", "accepted: sends to port 0 and reports a timeout after the full 15 s"),
+    _bad_value("--max-datagram", "100", "protocol.encode_message's ValueError escapes as a traceback"),
+    _bad_value("--timeout", "0", "accepted: sends once and reports 'timeout ... in 0 s'"),
+    _bad_value("--timeout", "-1", "accepted: reports 'timeout ... in -1 s'"),
+])
+def test_bad_flag_values_are_refused_as_usage_errors(known_machines, port, flag, value):
+    KeyStore(known_machines).put("127.0.0.2", protocol.generate_key_text())
+    # The last --port/--timeout wins, so the bad value overrides these (which keep a wrong success short).
+    out = run_mdp("send", "--known-machines", known_machines, "--port", port, "--timeout", "1", flag, value,
+                  "127.0.0.2", "ping", timeout=30)
+    assert "Traceback" not in out.stderr
+    assert out.returncode == 2 and flag in out.stderr, out.stderr

@@ -48,9 +48,7 @@ def test_bad_datagrams_are_counted_by_reason_and_the_agent_keeps_answering(spawn
     }
     sent = sum(len(v) for v in expected.values())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for datagrams in expected.values():
-            for datagram in datagrams:
-                sock.sendto(datagram, (agent.ip, port))
+        flood(sock, agent, port, [d for datagrams in expected.values() for d in datagrams], batch=1)
         # Signed, whole, but not a request the agent can read: refused with a signed answer.
         not_json = raw_datagram(keys, body=b"\xff not json", msg_id=b"notjson!")
         sock.sendto(not_json, (agent.ip, port))

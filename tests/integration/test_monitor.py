@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import socket
 import stat
 import time
 
@@ -11,7 +14,7 @@ import pytest
 from mdp_agent import protocol
 from mdp_controller.keystore import KeyStore
 
-from .harness import run_mdp, wait_for
+from .harness import MONITOR_IP, run_mdp, wait_for
 
 REPORT_FLAGS = ["--interval", "1"]
 
@@ -158,3 +161,42 @@ def test_revoke_stops_a_machine_at_the_running_monitor_and_in_send(spawn_agent, 
     out = run_mdp("send", "--known-machines", monitor_keys, "--port", port, "--json", agent.ip, "ping")
     assert out.returncode == 1
     assert json.loads(out.stdout)[agent.ip]["error"] == f"no key for {agent.ip} in {monitor_keys}"
+
+
+def test_the_monitor_survives_junk_from_known_and_unknown_addresses(spawn_agent, spawn_monitor, tmp_path, port):
+    monitor_keys = tmp_path / "monitor_keys"
+    monitor = spawn_monitor(monitor_keys)
+    agent = reporting_agent(spawn_agent, "127.0.0.2", monitor).trust(monitor_keys)
+    wait_for(lambda: monitor.report_count(agent.ip) >= 1, "a first report")
+    keys = protocol.KeyPair.from_text(agent.key_text)
+    rng = random.Random(3)
+    junk = [os.urandom(rng.randrange(0, 1500)) for _ in range(300)]
+    junk += [b"MD" + os.urandom(rng.randrange(0, 1500)) for _ in range(300)]
+    junk += [b"MD\x01\x04" + os.urandom(rng.randrange(0, 1500)) for _ in range(300)]   # HELLO-looking
+    junk += [b"MD" + os.urandom(protocol.MAX_DATAGRAM - 2)]
+    # Signed by the agent's key but not reports: a reply, a stale report, and a report that is not JSON.
+    junk += protocol.encode(protocol.REPLY, {"status": True}, keys, protocol.TO_CONTROLLER, None,
+                            int(time.time() * 1000))[1]
+    junk += protocol.encode(protocol.REPORT, {"operations": []}, keys, protocol.TO_CONTROLLER, None,
+                            int(time.time() * 1000) - 3_600_000)[1]
+    junk += [protocol.encode_message(protocol.REPORT, b"\xffjunk", keys.to_controller, os.urandom(8),
+                                     int(time.time() * 1000))[0]]
+    for source in ("127.0.0.2", "127.0.0.7"):   # a known machine's address and a stranger's
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            for datagram in junk:
+                sock.sendto(datagram, (MONITOR_IP, port))
+    since = time.time()
+    wait_for(lambda: monitor.report_count(agent.ip, since=since) >= 2, "reports after the junk")
+    assert monitor.running() and "Traceback" not in monitor.log()
+    assert not (monitor_keys / "pending").exists() and not (monitor_keys / "rejected").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="storage.connect's sqlite3 errors escape `mdp monitor` as a traceback")
+@pytest.mark.parametrize("db", ["missing_dir/mdp.db", "not_a_database.db"])
+def test_an_unusable_database_is_named_not_a_traceback(tmp_path, port, db):
+    (tmp_path / "not_a_database.db").write_text("this is not SQLite\n" * 100)
+    out = run_mdp("monitor", "--listen", f"{MONITOR_IP}:{port}", "--db", tmp_path / db, "--known-machines",
+                  tmp_path / "keys", timeout=20)
+    assert "Traceback" not in out.stderr
+    assert out.returncode != 0 and str(tmp_path / db) in out.stderr
