@@ -9,9 +9,11 @@
 # Usage: fleet.sh up [N] | down | status | ssh INDEX [CMD...]
 # Environment: MDP_FLEET_SUBNET (first three octets, default 10.207.33), MDP_FLEET_MIRROR,
 # MDP_FLEET_SECURITY_MIRROR, MDP_FLEET_BOOT_TIMEOUT (seconds, default 300),
-# MDP_FLEET_PROXY_ALLOW (domains the proxy forwards to).
+# MDP_FLEET_PROXY_ALLOW (domains the proxy forwards to), MDP_FLEET_INSTANCE (a second, separate
+# fleet beside the default one: 1-3 letters/digits starting with a letter; give it its own subnet).
 set -euo pipefail
 
+INSTANCE=${MDP_FLEET_INSTANCE:-}
 SUBNET=${MDP_FLEET_SUBNET:-10.207.33}
 MIRROR=${MDP_FLEET_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${MDP_FLEET_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
@@ -20,10 +22,13 @@ BOOT_TIMEOUT=${MDP_FLEET_BOOT_TIMEOUT:-300}
 PROXY_ALLOW=${MDP_FLEET_PROXY_ALLOW:-deb.debian.org security.debian.org pypi.org files.pythonhosted.org}
 SUITES=(bullseye bookworm trixie)
 MAX_HOSTS=99
-BRIDGE=mdpbr0
+# Every name the harness creates derives from these, so an instance never touches another's.
+BRIDGE=mdpbr${INSTANCE:-0}
+NAME_PREFIX=mdp-fleet-${INSTANCE:+$INSTANCE-}
+VETH_PREFIX=mdpv${INSTANCE:+$INSTANCE-}
 BRIDGE_IP=$SUBNET.1
 PROXY_PORT=8888
-STATE=/run/mdp-fleet
+STATE=/run/mdp-fleet${INSTANCE:+-$INSTANCE}
 CACHE=/var/cache/mdp-fleet
 LIB=/var/lib/mdp-fleet
 KEY=$LIB/ssh/id_ed25519
@@ -31,19 +36,22 @@ KEY=$LIB/ssh/id_ed25519
 RECIPE=1
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 INVENTORY=$REPO/inventories/fleet/hosts.yml
+[ -z "$INSTANCE" ] || INVENTORY=$STATE/hosts.yml
 SSH_OPTS=(-i "$KEY" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
           -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=3)
 
 say() { printf '[fleet] %s\n' "$*" >&2; }
 die() { printf '[fleet] error: %s\n' "$*" >&2; exit 1; }
 
-host_name() { echo "mdp-fleet-$1"; }
+host_name() { echo "$NAME_PREFIX$1"; }
 host_ip() { echo "$SUBNET.$((10 + $1))"; }
 host_suite() { echo "${SUITES[$((($1 - 1) % ${#SUITES[@]}))]}"; }
-host_veth() { echo "mdpv$1"; }
+host_veth() { echo "$VETH_PREFIX$1"; }
 host_dir() { echo "$STATE/hosts/$1"; }
 
 check_config() {
+    [[ $INSTANCE =~ ^([a-z][a-z0-9]{0,2})?$ ]] ||
+        die "MDP_FLEET_INSTANCE='$INSTANCE' must be 1-3 lowercase letters or digits, starting with a letter"
     [[ $SUBNET =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] ||
         die "MDP_FLEET_SUBNET='$SUBNET' is not three dotted octets like 10.207.33"
     local octet
@@ -121,7 +129,7 @@ deb $MIRROR $suite-updates main
 deb $SECURITY_MIRROR $suite-security main
 EOF
     # Hosts have no DNS: names are resolved by the proxy.
-    echo "# mdp-fleet: no DNS inside the fleet; apt goes through the proxy on $BRIDGE" >"$root/etc/resolv.conf"
+    echo "# mdp-fleet: no DNS inside the fleet; apt goes through the proxy on the bridge" >"$root/etc/resolv.conf"
     # Root logs in by key only. Debian's sshd_config includes sshd_config.d/ first, so these win.
     grep -q '^Include /etc/ssh/sshd_config.d/\*.conf' "$root/etc/ssh/sshd_config" ||
         die "$suite's sshd_config does not include sshd_config.d/"
@@ -287,11 +295,11 @@ host_running() {
 known_indexes() {
     {
         ls "$STATE/hosts" 2>/dev/null || true
-        ip netns list 2>/dev/null | sed -n 's/^mdp-fleet-\([0-9][0-9]*\)\b.*/\1/p'
-        ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: mdpv\([0-9][0-9]*\)[@:].*/\1/p'
+        ip netns list 2>/dev/null | sed -n "s/^$NAME_PREFIX\([0-9][0-9]*\)\b.*/\1/p"
+        ip -o link show 2>/dev/null | sed -n "s/^[0-9]*: $VETH_PREFIX\([0-9][0-9]*\)[@:].*/\1/p"
         pids_with_arg systemd-nspawn --register=no | while read -r p; do
             tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null |
-                sed -n 's|^--network-namespace-path=/run/netns/mdp-fleet-\([0-9][0-9]*\)$|\1|p'
+                sed -n "s|^--network-namespace-path=/run/netns/$NAME_PREFIX\([0-9][0-9]*\)\$|\1|p"
         done
     } | grep -E '^[0-9]+$' | sort -nu
 }
@@ -420,6 +428,7 @@ EOF
         fleet$i:
           ansible_host: $(host_ip "$i")
           mdp_fleet_suite: $(host_suite "$i")
+          mdp_fleet_hostname: $(host_name "$i")
 EOF
         done
         cat <<'EOF'

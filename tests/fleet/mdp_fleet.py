@@ -60,7 +60,9 @@ class Fleet:
     booted: bool  # True when this session booted the fleet (and will stop it)
 
 
-def run_script(*args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess:
+def run_script(*args: str, env: dict | None = None, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess:
+    """fleet.sh ARGS on the default fleet, unless env names another instance (MDP_FLEET_INSTANCE)."""
+    base = {k: v for k, v in os.environ.items() if k != "MDP_FLEET_INSTANCE"}
     return subprocess.run(
         ["bash", str(SCRIPT), *args],
         check=False,
@@ -68,6 +70,7 @@ def run_script(*args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**base, **(env or {})},
     )
 
 
@@ -105,7 +108,7 @@ def load(inventory: Path = INVENTORY, booted: bool = False) -> Fleet:
             FleetHost(
                 name,
                 index,
-                f"mdp-fleet-{index}",
+                hostvars["mdp_fleet_hostname"],
                 ip,
                 hostvars["mdp_fleet_suite"],
                 (*base, f"{group['ansible_user']}@{ip}"),

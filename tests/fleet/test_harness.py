@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mdp_fleet import CACHE_DIR, INVENTORY, REPO, STATE_DIR, load, run_script, status
+from mdp_fleet import CACHE_DIR, REPO, STATE_DIR, load, run_script, skip_reason, status
 
 pytestmark = pytest.mark.fleet
 
@@ -150,62 +150,80 @@ def test_bad_input_gets_a_clear_error():
         assert result.returncode != 0 and needle in result.stderr, (args, result.stderr)
 
 
+# A second fleet instance beside the default one, so crashing it never disturbs hosts in use.
+SCRATCH = "t"
+SCRATCH_SUBNET = "10.207.34" if os.environ.get("MDP_FLEET_SUBNET", "10.207.33") != "10.207.34" else "10.207.35"
+SCRATCH_STATE = f"/run/mdp-fleet-{SCRATCH}"
+
+
 def leftovers() -> list[str]:
-    """Everything the harness creates on this machine that still exists."""
+    """Everything of the scratch instance that still exists on this machine."""
     found = []
     netns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
-    found += [line for line in netns.splitlines() if line.startswith("mdp-fleet-")]
+    found += [line for line in netns.splitlines() if line.startswith(f"mdp-fleet-{SCRATCH}-")]
     links = subprocess.run(["ip", "-o", "link", "show"], check=False, capture_output=True, text=True).stdout
-    found += [line.split(":")[1].strip() for line in links.splitlines() if ": mdpv" in line or ": mdpbr0" in line]
-    found += [
-        line.split()[4]
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(str(STATE_DIR))
-    ]
-    procs = subprocess.run(["pgrep", "-a", "-f", "mdp-fleet"], check=False, capture_output=True, text=True).stdout
-    found += [line for line in procs.splitlines() if "systemd-nspawn" in line or "tinyproxy" in line]
+    names = [line.split(":")[1].strip() for line in links.splitlines()]
+    found += [name for name in names if name.startswith((f"mdpv{SCRATCH}-", f"mdpbr{SCRATCH}"))]
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    found += [m for m in mounts if m == SCRATCH_STATE or m.startswith(SCRATCH_STATE + "/")]
+    procs = subprocess.run(["pgrep", "-a", "-f", SCRATCH_STATE], check=False, capture_output=True, text=True)
+    found += procs.stdout.splitlines()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if os.readlink(proc / "root").startswith(str(STATE_DIR)):
-                found.append(f"process {proc.name} rooted in {STATE_DIR}")
+            if os.readlink(proc / "root").startswith(SCRATCH_STATE + "/"):
+                found.append(f"process {proc.name} rooted in {SCRATCH_STATE}")
         except OSError:
             pass  # gone meanwhile
-    if STATE_DIR.exists():
-        found.append(str(STATE_DIR))
-    if INVENTORY.exists():
-        found.append(str(INVENTORY))
+    if Path(SCRATCH_STATE).exists():
+        found.append(SCRATCH_STATE)
     return found
 
 
-def crash(fleet) -> None:
-    """SIGKILL every host's nspawn and the proxy, as a crash or a killed session would."""
-    pids = subprocess.run(
-        ["pgrep", "-f", "systemd-nspawn .*/run/netns/mdp-fleet-|tinyproxy -c /run/mdp-fleet/"],
-        check=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    assert len(pids) == len(fleet.hosts) + 1, pids
+def crash(count: int) -> None:
+    """SIGKILL the scratch instance's nspawns and proxy, as a crash or a killed session would."""
+    pattern = f"systemd-nspawn .*/run/netns/mdp-fleet-{SCRATCH}-|tinyproxy -c {SCRATCH_STATE}/"
+    pids = subprocess.run(["pgrep", "-f", pattern], check=True, capture_output=True, text=True).stdout.split()
+    assert len(pids) == count + 1, pids
     subprocess.run(["kill", "-KILL", *pids], check=True)
 
 
-def test_up_and_down_recover_from_a_crash(fleet):
-    if not fleet.booted:
-        pytest.skip("the fleet was already running before this session: not crashing someone else's hosts")
-    crash(fleet)
-    result = run_script("up", str(len(fleet.hosts)))
+@pytest.fixture
+def scratch():
+    """The environment of a 2-host scratch fleet; it is always taken down afterwards."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    env = {"MDP_FLEET_INSTANCE": SCRATCH, "MDP_FLEET_SUBNET": SCRATCH_SUBNET}
+    yield env
+    result = run_script("down", env=env, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert f"({len(fleet.hosts)} booted, 0 reused)" in result.stderr
-    for host in fleet.hosts:
+
+
+def test_up_and_down_recover_from_a_crash_and_touch_no_other_fleet(scratch):
+    def default_fleet():  # exit code and host lines without the memory column, which moves
+        code, lines = status()
+        return code, [fields[:5] for fields in lines]
+
+    before = default_fleet()
+    result = run_script("up", "2", env=scratch)
+    assert result.returncode == 0, result.stderr
+    hosts = load(Path(SCRATCH_STATE) / "hosts.yml").hosts
+    assert [h.ip for h in hosts] == [f"{SCRATCH_SUBNET}.11", f"{SCRATCH_SUBNET}.12"]
+    for host in hosts:
+        assert host.ssh("hostname").stdout.strip() == host.hostname == f"mdp-fleet-{SCRATCH}-{host.index}"
+    crash(len(hosts))
+    result = run_script("up", "2", env=scratch)
+    assert result.returncode == 0, result.stderr
+    assert "(2 booted, 0 reused)" in result.stderr
+    for host in hosts:
         assert host.ssh("hostname").stdout.strip() == host.hostname
-    crash(fleet)
+    crash(len(hosts))
     for attempt in range(2):
-        result = run_script("down", timeout=600)
+        result = run_script("down", env=scratch, timeout=600)
         assert result.returncode == 0, (attempt, result.stderr)
         assert leftovers() == [], attempt
-    result = run_script("up", str(len(fleet.hosts)))
-    assert result.returncode == 0, result.stderr
-    assert load().hosts == fleet.hosts
-    for host in fleet.hosts:
-        assert host.ssh("command -v python3 || hostname").stdout.strip() == host.hostname
+    # The default fleet, running or not, is exactly as it was.
+    assert default_fleet() == before
 
 
 @pytest.mark.parametrize(
