@@ -343,6 +343,32 @@ def test_all_peers_together_hold_at_most_the_total_byte_limit():
     assert reassembler.total > p.REASSEMBLY_BYTES_TOTAL - 2 * 60 * len(body)
 
 
+@SOME
+@given(data=st.data(), per_peer_kb=st.integers(1, 8), total_kb=st.integers(1, 16))
+def test_reassembly_of_interleaved_messages_is_correct_and_its_accounting_returns_to_zero(data, per_peer_kb,
+                                                                                         total_kb):
+    """Chunks of several messages from several peers, interleaved, duplicated and partly lost, under
+    small limits: whatever completes is exactly what was sent, limits hold at every step, and once
+    everything has expired nothing is left over (no leaked bytes)."""
+    messages = {}
+    for peer in range(3):
+        for n in range(3):
+            body = bytes(bytearray(random.Random(peer * 10 + n).getrandbits(8) for _ in range(40 * (n + 1))))
+            messages[(("192.0.2.%d" % peer, 1), b"msg-%04d" % n)] = [body[i:i + 40] for i in range(0, len(body), 40)]
+    chunks = [(key, index) for key, parts in messages.items() for index in range(len(parts))]
+    arrivals = data.draw(st.lists(st.sampled_from(chunks), max_size=60))
+    reassembler = p.Reassembler(per_peer_bytes=per_peer_kb * 1024 // 4, total_bytes=total_kb * 1024 // 4)
+    for now, ((peer, msg_id), index) in enumerate(arrivals):
+        parts = messages[(peer, msg_id)]
+        done = reassembler.add(peer, packet(index, len(parts), parts[index], msg_id=msg_id), float(now))
+        if done is not None:
+            assert done[3] == b"".join(parts)
+        assert 0 <= reassembler.total <= reassembler.total_bytes
+        assert reassembler.pending() <= 3 * p.REASSEMBLY_MESSAGES_PER_PEER
+    reassembler.expire(len(arrivals) + p.REASSEMBLY_IDLE_S + 1)
+    assert (reassembler.pending(), reassembler.total) == (0, 0)
+
+
 def test_expire_drops_idle_partial_messages():
     reassembler = p.Reassembler()
     reassembler.add(PEER, packet(0, 2, msg_id=b"idle-one"), 0.0)
@@ -357,7 +383,7 @@ def test_expire_drops_idle_partial_messages():
 
 def test_empty_chunks_cannot_grow_reassembly_memory_without_bound():
     """A key holder (e.g. a compromised machine reporting to the collector) sends signed chunks with
-    empty bodies of a 65535-chunk message: each held chunk costs ~70 bytes of RAM but 0 'bytes'."""
+    empty bodies of a 65535-chunk message: each held chunk costs RAM, so it must count against the limit."""
     reassembler = p.Reassembler(per_peer_bytes=1024, total_bytes=1024)
     tracemalloc.start()
     try:
@@ -521,6 +547,34 @@ def test_a_full_cache_stays_bounded_and_raises_the_floor():
     with pytest.raises(p.ProtocolError):
         guard.check(PEER, b"brand-nu", NOW_MS + 14, NOW_MS)                # new, but at the floor
     assert guard.check(PEER, b"brand-nu", NOW_MS + 15, NOW_MS) is False
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), max_entries=st.integers(1, 6))
+def test_no_message_is_ever_accepted_twice(data, max_entries):
+    """The guard's promise, whatever the order: a message (peer, id, timestamp) it accepted once is never
+    accepted as new again. Senders here reuse few ids and replay accepted messages often."""
+    guard = p.ReplayGuard(window_s=10, max_entries=max_entries)
+    now = NOW_MS
+    accepted = []
+    for _ in range(data.draw(st.integers(1, 40))):
+        now += data.draw(st.integers(0, 6000))
+        if accepted and data.draw(st.booleans()):
+            message = data.draw(st.sampled_from(accepted))
+        else:
+            message = (data.draw(st.integers(0, 1)), b"id-%05d" % data.draw(st.integers(0, 5)),
+                       now + data.draw(st.integers(-12000, 12000)))
+        peer, msg_id, timestamp_ms = message
+        try:
+            if guard.check(peer, msg_id, timestamp_ms, now):
+                continue
+        except p.ProtocolError as exc:
+            assert exc.code in ("clock_skew", "stale")
+            continue
+        assert message not in accepted
+        guard.remember(peer, msg_id, timestamp_ms, now)
+        accepted.append(message)
+        assert len(guard) <= max_entries
 
 
 def test_the_floor_covers_ids_forgotten_out_of_timestamp_order():
