@@ -408,6 +408,36 @@ def test_limits_are_consistent():
     assert p.OUTBOX_TTL_S >= p.DEFAULT_REPLAY_WINDOW_S
 
 
+DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "protocol.md")
+NOT_LIMITS = {"PROTOCOL_VERSION", "REQUEST", "REPLY", "REPORT", "HELLO", "RESEND", "ACK", "FLAG_ZLIB",
+              "HEADER_SIZE", "MAC_SIZE", "OVERHEAD", "KEY_SIZE"}
+RETRANSMISSION = {"ACK_TIMEOUT_S", "ACK_RANDOM_FACTOR", "MAX_RETRANSMIT"}
+
+
+def _doc_value(text):
+    """'4 MiB + 64 KiB', '1200 bytes', '0.2 s', '100,000' -> a number."""
+    units = {"": 1, "bytes": 1, "KiB": 1024, "MiB": 1024 ** 2, "s": 1}
+    total = 0.0
+    for term in text.split("+"):
+        number, _, unit = term.strip().partition(" ")
+        total += float(number.replace(",", "")) * units[unit]
+    return total
+
+
+def test_every_limit_is_documented_with_its_value():
+    """docs/protocol.md's limits table names every limit in protocol.py with the value it has."""
+    with open(DOC, encoding="utf-8") as handle:
+        text = handle.read()
+    section = text.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]+?) \|", section, re.M))
+    for name, value in sorted(rows.items()):
+        assert getattr(p, name) == pytest.approx(_doc_value(value)), "docs/protocol.md: " + name
+    numeric = {name for name, value in vars(p).items()
+               if name.isupper() and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    assert numeric - NOT_LIMITS - RETRANSMISSION - set(rows) == set(), "limits missing from docs/protocol.md"
+    assert all(name in text for name in RETRANSMISSION)
+
+
 def test_a_one_mib_incompressible_result_gets_through_at_the_default_datagram_size():
     text = base64.b64encode(os.urandom(786432)).decode()   # 1 MiB of text deflate cannot squeeze much
     assert len(text) == 1024 * 1024
