@@ -96,7 +96,8 @@ disable_system_tinyproxy() {
         systemctl disable --now tinyproxy.service >/dev/null 2>&1 || true
     elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         say "stopping Debian's tinyproxy service (the fleet runs its own, on $BRIDGE_IP only)"
-        /etc/init.d/tinyproxy stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+        # By its own pid file: its init script's stop would match the fleet's tinyproxy too.
+        [ -z "$(signal_and_wait TERM 10 "$pid")" ] || signal_and_wait KILL 5 "$pid" >/dev/null
     fi
     if [ -e /etc/systemd/system/multi-user.target.wants/tinyproxy.service ] ||
         compgen -G '/etc/rc[2-5].d/S*tinyproxy' >/dev/null; then
@@ -197,6 +198,8 @@ ensure_bridge() {
     if ip -4 -o addr show | awk '{ print $4 }' | grep -q "^${SUBNET//./\\.}\."; then
         die "$SUBNET.0/24 is already used on this machine: choose another MDP_FLEET_SUBNET"
     fi
+    [ "$(cat /proc/sys/net/ipv4/ip_forward)" = 0 ] ||
+        say "warning: ip_forward is on here (not by the fleet): a host that adds a route could reach beyond $BRIDGE"
     say "creating bridge $BRIDGE with $BRIDGE_IP/24"
     ip link add "$BRIDGE" type bridge
     # IPv4 only: no link-local chatter beyond the assigned addresses.
@@ -519,6 +522,7 @@ cmd_ssh() {
     [[ $i =~ ^[1-9][0-9]*$ ]] || die "usage: fleet.sh ssh HOST_INDEX [CMD...]"
     shift
     [ -r "$KEY" ] || die "no fleet key at $KEY: run 'fleet.sh up' first"
+    host_running "$i" || die "$(host_name "$i") is not running (see 'fleet.sh status')"
     if (($#)); then ssh_host "$i" "$@"; else exec ssh -t "${SSH_OPTS[@]}" "root@$(host_ip "$i")"; fi
 }
 
