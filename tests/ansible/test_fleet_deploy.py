@@ -1,0 +1,110 @@
+"""deploy.yml on the booted test fleet: the AWX engine's run, idempotence, check mode, key safety.
+
+One real deploy (through ansible-runner's Python API, the engine AWX runs jobs with), then a second
+run that must change nothing, a check-mode run, and the refusal to replace a trusted key. The fleet
+is shared with the rest of the suite and left deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import ansible_runner
+import pytest
+
+from conftest import BIN, REPO, run
+
+pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+
+PING_TASK = "Wait until the agent answers a signed ping"
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP lines -> {host: {ok, changed, unreachable, failed, ...}}."""
+    hosts = {}
+    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def deployed(fleet, tmp_path_factory):
+    """deploy.yml through ansible-runner, as an AWX job template would run it."""
+    os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"  # ansible-runner starts ansible-playbook from PATH
+    data_dir = tmp_path_factory.mktemp("runner")
+    result = ansible_runner.run(
+        private_data_dir=str(data_dir),
+        project_dir=str(REPO),
+        playbook="deploy.yml",
+        inventory=str(fleet.inventory),
+        quiet=True,
+        timeout=1200,
+    )
+    return fleet, result
+
+
+def test_runner_deploy_succeeds_with_stats_and_events(deployed):
+    fleet, result = deployed
+    stdout = result.stdout.read()
+    assert result.status == "successful" and result.rc == 0, stdout[-4000:]
+    stats = result.stats
+    assert stats["failures"] == {} and stats["dark"] == {}
+    names = {h.name for h in fleet.hosts}
+    assert names <= set(stats["ok"])
+    assert "localhost" in stats["ok"]  # the monitor play ran
+    events = list(result.events)
+    pinged = {e["event_data"]["host"] for e in events
+              if e["event"] == "runner_on_ok" and e["event_data"].get("task") == PING_TASK}
+    assert pinged == names
+    assert events[-1]["event"] == "playbook_on_stats"
+
+
+def test_second_run_changes_nothing(deployed):
+    fleet, _ = deployed
+    result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml"])
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = recap(result.stdout)
+    assert {h.name for h in fleet.hosts} <= set(counts)
+    assert {host: c["changed"] for host, c in counts.items()} == {host: 0 for host in counts}, result.stdout[-6000:]
+
+
+def test_check_mode_on_a_deployed_fleet_predicts_no_change(deployed):
+    fleet, _ = deployed
+    result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml", "--check"])
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in recap(result.stdout).values()), result.stdout[-4000:]
+
+
+def test_a_different_trusted_key_is_not_replaced(deployed, tmp_path):
+    """A controller that trusts another key for an address refuses to overwrite it unless told to."""
+    fleet, _ = deployed
+    host = fleet.hosts[0]
+    known = tmp_path / "known"
+    known.mkdir(mode=0o700)
+    stale = known / f"{host.ip}.txt"
+    stale.write_text("cd" * 32 + "\n")
+    stale.chmod(0o600)
+    argv = ["ansible-playbook", "-i", fleet.inventory, "deploy.yml", "-l", host.name,
+            "-e", f"mdp_agent_known_machines={known}"]
+
+    refused = run(argv, ANSIBLE_CALLBACK_RESULT_FORMAT="json")  # unfolded msg lines
+    assert refused.returncode != 0
+    assert f"{stale} already holds a different key for {host.ip}" in refused.stdout
+    assert "mdp_agent_rotate_key=true" in refused.stdout
+    assert stale.read_text() == "cd" * 32 + "\n"
+
+    rotated = run(argv + ["-e", "mdp_agent_rotate_key=true"])
+    assert rotated.returncode == 0, rotated.stdout[-4000:]
+    assert stale.read_text() == host.ssh("cat /var/lib/mdp-agent/agent.key").stdout
+    assert stale.stat().st_mode & 0o777 == 0o600
+
+
+def test_adhoc_mdp_send_reaches_every_agent(deployed):
+    fleet, _ = deployed
+    result = run(["ansible", "-i", fleet.inventory, "mdp_agents", "-m", "mdp_send", "-a", "operations=ping,memory.info",
+                  "-o"])
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("SUCCESS") == len(fleet.hosts)
+    assert result.stdout.count('"pong"') == len(fleet.hosts)
