@@ -16,6 +16,7 @@ import struct
 import zlib
 
 import pytest
+
 from mdp_agent import protocol as p
 
 VECTOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vectors")
