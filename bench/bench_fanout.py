@@ -9,7 +9,8 @@ worker process share one Loop and one WorkerPool, as server.py allows. Their key
 temporary known_machines directory, which the controller reads like any .known_machines.
 
 Measured, per size: wall time of `mdp_controller.client.send_many` (a fresh key store each round,
-so key files are read as a real `mdp send` reads them), answered and failed counts; for 100 agents
+so key files are read as a real `mdp send` reads them), answered and failed counts, and the CPU
+seconds the controller and the agents spent (robust when other work shares the machine); for 100 agents
 also the real CLI (`mdp send --json IP,IP,... ping` as a subprocess, interpreter start included).
 """
 
@@ -97,6 +98,9 @@ class Fleet:
     def rss_mib(self) -> float:
         return sum(C.rss_kib(p.pid) for p in self.procs) / 1024
 
+    def cpu_seconds(self) -> float:
+        return sum(C.cpu_seconds(p.pid) for p in self.procs)
+
     def close(self):
         for proc in self.procs:
             if proc.is_alive():
@@ -108,12 +112,17 @@ class Fleet:
                 proc.join()
 
 
-def library_round(ips: list[str], known_machines: Path, timeout: float) -> dict:
+def library_round(ips: list[str], known_machines: Path, timeout: float, fleet: Fleet) -> dict:
+    """One send_many; also the CPU seconds it cost this process (the controller) and the agents."""
     from mdp_controller.client import send_many
-    start = time.perf_counter()
+    agents_cpu = fleet.cpu_seconds()
+    cpu, start = time.process_time(), time.perf_counter()
     replies = asyncio.run(send_many(ips, ["ping"], known_machines=str(known_machines), timeout=timeout))
     wall = time.perf_counter() - start
-    return _tally(wall, replies)
+    result = _tally(wall, replies)
+    result["controller_cpu_s"] = round(time.process_time() - cpu, 3)
+    result["agents_cpu_s"] = round(fleet.cpu_seconds() - agents_cpu, 3)
+    return result
 
 
 def cli_round(ips: list[str], known_machines: Path, timeout: float) -> dict:
@@ -152,13 +161,15 @@ def run(sizes: list[int], workers: int, rounds: int, timeout: float, cli_size: i
             print(f"{max(sizes)} agents in {workers} processes started in {fleet.startup_s:.1f} s "
                   f"(RSS of the worker processes {results['agents_rss_mib']} MiB)", file=out, flush=True)
             for size in sizes:
-                runs = [library_round(fleet.ips[:size], fleet.known_machines, timeout) for _ in range(rounds)]
+                runs = [library_round(fleet.ips[:size], fleet.known_machines, timeout, fleet) for _ in range(rounds)]
                 results["library"][size] = runs
                 walls = [r["wall_s"] for r in runs]
                 print(f"send_many ping to {size:>6}: wall {' '.join(f'{w:.3f}' for w in walls)} s "
                       f"(median {statistics.median(walls):.3f}); answered "
                       f"{' '.join(str(r['answered']) for r in runs)}; failed {' '.join(str(r['failed']) for r in runs)}"
-                      + (f" {runs[-1]['errors']}" if runs[-1]["errors"] else ""), file=out, flush=True)
+                      + (f" {runs[-1]['errors']}" if runs[-1]["errors"] else "")
+                      + f"; CPU controller {' '.join(str(r['controller_cpu_s']) for r in runs)} s, agents "
+                      f"{' '.join(str(r['agents_cpu_s']) for r in runs)} s; load {C.loadavg():.1f}", file=out, flush=True)
             if cli_size:
                 runs = [cli_round(fleet.ips[:cli_size], fleet.known_machines, timeout) for _ in range(rounds)]
                 results["cli"][cli_size] = runs

@@ -79,15 +79,18 @@ def render(results: dict, info: dict) -> str:
                 f"{fan['workers']} agent processes, {fan['rounds']} rounds per size; agents started in "
                 f"{fan['startup_s']} s, worker RSS {fan['agents_rss_mib']} MiB for "
                 f"{max(int(k) for k in fan['library'])} agents.", "",
-                "| how | agents | wall (median) | wall (all rounds) | answered | failed | target |",
-                "|---|---:|---:|---|---:|---:|---|"]
+                "| how | agents | wall (median) | wall (all rounds) | answered | failed | CPU controller / agents "
+                "(median) | target |",
+                "|---|---:|---:|---|---:|---:|---:|---|"]
         for kind, label in (("library", "`send_many`"), ("cli", "`mdp send --json`")):
             for size, runs in fan[kind].items():
                 walls = [r["wall_s"] for r in runs]
                 target = "< 2 s" if int(size) == 10000 and kind == "library" else ""
+                cpu = (f"{statistics.median(r['controller_cpu_s'] for r in runs):.2f} s / "
+                       f"{statistics.median(r['agents_cpu_s'] for r in runs):.2f} s" if "agents_cpu_s" in runs[0] else "")
                 out.append(f"| {label} | {int(size):,} | {statistics.median(walls):.3f} s | "
                            f"{', '.join(f'{w:.3f}' for w in walls)} | {min(r['answered'] for r in runs):,} | "
-                           f"{max(r['failed'] for r in runs)} | {target} |")
+                           f"{max(r['failed'] for r in runs)} | {cpu} | {target} |")
         out.append("")
     tp = results.get("throughput")
     if tp:
