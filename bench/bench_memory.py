@@ -143,6 +143,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.duration <= 0 or args.every <= 0 or args.interval <= 0:
         p.error("--duration, --every and --interval must be more than 0")
+    if not 1 <= args.block <= 255:
+        p.error("--block must be 1-255 (addresses 127.10.BLOCK.1 and .2)")
     run(args.duration, args.every, args.block, args.python, args.interval)
 
 
