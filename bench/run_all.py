@@ -52,8 +52,9 @@ def run_benchmarks(only) -> dict:
     return results
 
 
-def long_memory_result(path: Path = LONG_MEMORY_LOG):
+def long_memory_result(path: Path | None = None):
     """(result dict, log's modification time) from the hour-long run's log, or None."""
+    path = path or LONG_MEMORY_LOG
     try:
         lines = path.read_text().splitlines()
     except OSError:
