@@ -107,8 +107,9 @@ def render(results: dict, info: dict) -> str:
     long_run = long_memory_result()
     if mem or long_run:
         out += ["### Agent memory (RSS), reporting every second to a real `mdp monitor`", "",
-                "| run | Python | samples | after warm-up | last | max | fitted growth | reports stored | target |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+                "| run | Python | samples | after warm-up | last | max | last anon / PSS | fitted growth | "
+                "reports stored | target |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         rows = []
         if long_run:
             rows.append((f"{long_run[0]['duration_s'] / 60:.0f} min (log of {long_run[1]:%Y-%m-%d %H:%M} UTC)",
@@ -117,7 +118,7 @@ def render(results: dict, info: dict) -> str:
             rows.append((f"{mem['duration_s']:.0f} s (this run)", mem))
         for label, m in rows:
             out.append(f"| {label} | {m['python']} | {m['samples']} | {m['steady_first_mib']} MiB | {m['last_mib']} MiB | "
-                       f"{m['max_mib']} MiB | {m['growth_kib_per_hour']} KiB/h | {m['reports_stored']:,} of "
+                       f"{m['max_mib']} MiB | {_anon_pss(m)} | {m['growth_kib_per_hour']} KiB/h | {m['reports_stored']:,} of "
                        f"~{m['reports_expected']:,} | <= {m['target_mib']:g} MiB, flat |")
         out.append("")
     ing = results.get("ingest")
@@ -139,6 +140,12 @@ def render(results: dict, info: dict) -> str:
         out.append("")
     out.append(END)
     return "\n".join(out)
+
+
+def _anon_pss(m: dict) -> str:
+    if "last_anon_mib" not in m:
+        return "-"   # logs written before bench_memory sampled them
+    return f"{m['last_anon_mib']} / {m['last_pss_mib']} MiB"
 
 
 def rewrite_doc(section: str, path: Path = DOC):
