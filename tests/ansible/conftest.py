@@ -19,6 +19,10 @@ from integration.harness import Agent, free_port  # noqa: E402
 from mdp_fleet import fleet  # noqa: E402,F401  (the session-scoped booted test fleet)
 
 
+# molecule/default's testinfra checks run only under `molecule verify` (test_molecule.py runs that).
+collect_ignore = [] if "MOLECULE_INVENTORY_FILE" in os.environ else ["molecule"]
+
+
 def ansible_env(known_machines: Path | None = None, **extra) -> dict:
     """The environment of an operator in the project root: this venv first, ansible.cfg found by cwd."""
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", ANSIBLE_NOCOLOR="1",

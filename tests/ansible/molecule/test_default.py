@@ -9,8 +9,9 @@ import os
 
 import testinfra.utils.ansible_runner
 
+# The whole inventory directory: molecule's generated file plus the linked fleet inventory.
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
-    os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("mdp_agents")
+    os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])).get_hosts("mdp_agents")
 
 
 def test_python3_present(host):

@@ -5,7 +5,8 @@
 
 from __future__ import absolute_import, division, print_function
 
-__metaclass__ = type  # ansible-core 2.16 still checks modules for Python 2 boilerplate
+# ansible-core 2.16 still checks modules for Python 2 boilerplate.
+__metaclass__ = type
 
 DOCUMENTATION = r"""
 ---

@@ -1,0 +1,48 @@
+"""Static checks of the Ansible side: ansible-lint (production profile), syntax, ansible-doc, and the
+collection's ansible-test sanity + units under the current ansible-core and under 2.16."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO, run
+
+PLAYBOOKS = ["deploy.yml", "playbooks/send.yml", "playbooks/uninstall.yml", "playbooks/rotate_keys.yml"]
+
+
+def test_ansible_lint_production_profile_is_clean():
+    result = run(["ansible-lint", "--nocolor"], timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    assert "Profile 'production' was required, and it passed" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_syntax(playbook):
+    result = run(["ansible-playbook", "-i", "inventories/example", "--syntax-check", playbook])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["mdp.core.mdp_send", "mdp_send"])
+def test_ansible_doc_shows_mdp_send(name):
+    result = run(["ansible-doc", name])
+    assert result.returncode == 0, result.stderr
+    assert "Sends a signed request to the MDP agent" in result.stdout
+    assert "known_machines" in result.stdout and "This module has a corresponding action plugin" in result.stdout
+
+
+def test_role_argument_specs_are_documented():
+    result = run(["ansible-doc", "-t", "role", "-l"])
+    assert result.returncode == 0, result.stderr
+    for role in ("mdp_bootstrap", "mdp_agent", "mdp_monitor"):
+        assert role in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", ["current", "2.16"])
+def test_collection_sanity_and_units(line):
+    """ansible-test in venvs it makes (no container engine here); 2.16 gets its own .venv-ansible216."""
+    result = run(["bash", REPO / "tests" / "ansible" / "collection_tests.sh", line], timeout=2400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "ERROR:" not in output
+    assert " passed" in output  # the units ran
