@@ -99,7 +99,7 @@ class Process:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             return False
-        wait_for(seen, f"{self.name} to log {text!r}", timeout)
+        wait_for(seen, f"{self.name} to log {text!r}", timeout, interval=0.01)
 
     @property
     def pid(self) -> int:

@@ -53,6 +53,10 @@ def test_bad_datagrams_are_counted_by_reason_and_the_agent_keeps_answering(spawn
         not_json = raw_datagram(keys, body=b"\xff not json", msg_id=b"notjson!")
         sock.sendto(not_json, (agent.ip, port))
         assert receive_reply(sock, keys, b"notjson!")["error"]["code"] == "bad_payload"
+        not_a_list = raw_datagram(keys, body=b'{"operations": "ping"}', msg_id=b"notalist")
+        sock.sendto(not_a_list, (agent.ip, port))
+        refusal = receive_reply(sock, keys, b"notalist")["error"]
+        assert refusal == {"code": "bad_request", "message": '"operations" must be a list'}
 
         # A replay within the window gets the cached reply (byte for byte) and runs nothing again ...
         msg_id, request = signed_request(keys, ["system.ping"])
@@ -67,11 +71,11 @@ def test_bad_datagrams_are_counted_by_reason_and_the_agent_keeps_answering(spawn
         assert receive_reply(sock, keys, msg_id)["error"]["code"] == "clock_skew"
 
     stats = agent.stats()
-    assert stats["received"] == sent + 4 + 1   # + not_json, request, replay, stale replay, and agent.stats
+    assert stats["received"] == sent + 5 + 1   # + not_json, not_a_list, request, replay, stale replay, agent.stats
     dropped = stats["dropped"]
     for reason, datagrams in expected.items():
         assert dropped.get(reason) == len(datagrams), (reason, dropped)
-    assert dropped["bad_payload"] == 1 and dropped["clock_skew"] == 1
+    assert dropped["bad_payload"] == 1 and dropped["bad_request"] == 1 and dropped["clock_skew"] == 1
     assert "internal_error" not in dropped
     assert (stats["requests"], stats["duplicates"]) == (2, 1)   # the ping once, then agent.stats
     assert agent.result("system.ping")["reply"] == "pong"
