@@ -77,12 +77,12 @@ REPLAY_CACHE_ENTRIES = 100000
 # Reassembly: partial messages per peer, bytes per peer and overall, and how long a partial message
 # may wait for its next chunk before it is dropped (bounded memory whatever a peer sends).
 REASSEMBLY_MESSAGES_PER_PEER = 8
-REASSEMBLY_BYTES_PER_PEER = MAX_MESSAGE_BYTES + 64 * 1024
 REASSEMBLY_BYTES_TOTAL = 64 * 1024 * 1024
 REASSEMBLY_IDLE_S = 10.0
 # What each held chunk costs beyond its body (dict slot, bytes object): counted so that a flood of
 # empty chunks is bounded like a flood of full ones.
 CHUNK_COST = 100
+REASSEMBLY_BYTES_PER_PEER = MAX_MESSAGE_BYTES + CHUNK_COST * (MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1)
 # Sent messages kept to answer duplicates and RESENDs: bytes overall, and for how long.
 OUTBOX_BYTES = 16 * 1024 * 1024
 OUTBOX_TTL_S = 2 * DEFAULT_REPLAY_WINDOW_S
@@ -261,6 +261,8 @@ def decode_body(flags, data):
             raise ProtocolError("bad_payload", "zlib: %s" % exc)
         if inflater.unconsumed_tail:
             raise ProtocolError("too_large", "message inflates beyond %d bytes" % MAX_MESSAGE_BYTES)
+        if not inflater.eof or inflater.unused_data:
+            raise ProtocolError("bad_payload", "zlib stream is incomplete or followed by extra bytes")
     try:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -515,8 +517,14 @@ class Outbox(object):
         return len(self._items)
 
 
-def resend_payload(indices):
-    return {"missing": sorted(set(indices))[:MAX_RESEND_INDICES]}
+def resend_payload(indices, max_datagram=DEFAULT_MAX_DATAGRAM):
+    """The RESEND body for the lowest missing indices that fit one datagram (the rest: next round).
+
+    Receivers read a RESEND datagram on its own, so it must never need chunking: each index costs
+    at most 6 bytes ("65534,") after the 14-byte {"missing":[]} frame.
+    """
+    fit = min(MAX_RESEND_INDICES, (max_datagram - OVERHEAD - 14) // 6)
+    return {"missing": sorted(set(indices))[:fit]}
 
 
 def parse_resend(obj, datagrams):

@@ -8,7 +8,9 @@ import binascii
 import json
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 
 from . import protocol
@@ -32,34 +34,49 @@ def now_ms():
 
 
 class WorkerPool(object):
-    """A bounded thread pool shared by agents on one loop (concurrent.futures, Python 3.4 has it)."""
+    """A bounded pool of daemon threads shared by the agents on one loop.
+
+    Daemon threads, not concurrent.futures: its workers are joined at interpreter exit, so SIGTERM
+    would wait for a stuck operation. Here the process exits at once and abandons them.
+    """
 
     def __init__(self, loop, workers):
-        from concurrent.futures import ThreadPoolExecutor
         self.loop = loop
-        self.executor = ThreadPoolExecutor(max_workers=workers)
         self.pending = 0
+        self.workers = workers
+        self._queue = queue.Queue()
+        for n in range(workers):
+            thread = threading.Thread(target=self._work, name="mdp-worker-%d" % n)
+            thread.daemon = True
+            thread.start()
 
     def submit(self, func, done):
         """Run func() on a worker; done(result, error) runs on the loop. False when the pool is full."""
         if self.pending >= MAX_PENDING_OPERATIONS:
             return False
         self.pending += 1
-
-        def finished(future):
-            error = future.exception()
-            result = None if error else future.result()
-            self.loop.call_soon_threadsafe(self._finish, done, result, error)
-
-        self.executor.submit(func).add_done_callback(finished)
+        self._queue.put((func, done))
         return True
+
+    def _work(self):
+        while True:
+            func, done = self._queue.get()
+            if func is None:
+                return
+            try:
+                result, error = func(), None
+            except Exception as exc:   # reported to the caller as the operation's error
+                result, error = None, exc
+            self.loop.call_soon_threadsafe(self._finish, done, result, error)
 
     def _finish(self, done, result, error):
         self.pending -= 1
         done(result, error)
 
     def shutdown(self):
-        self.executor.shutdown(wait=False)
+        """Ask idle workers to exit; busy ones are daemons and die with the process."""
+        for _ in range(self.workers):
+            self._queue.put((None, None))
 
 
 class _Job(object):
@@ -88,7 +105,7 @@ class Agent(object):
         self.guard = protocol.ReplayGuard(settings["replay_window"])
         self.reassembler = protocol.Reassembler()
         self.outbox = protocol.Outbox()
-        self.in_progress = set()        # (peer, msg_id) of requests whose operations still run
+        self.in_progress = set()        # msg_ids of requests whose operations still run
         self.stats = {"received": 0, "requests": 0, "replies": 0, "duplicates": 0, "reports": 0, "dropped": {}}
         self._last_drop_log = {}
         self.monitor_addr = None
@@ -178,7 +195,9 @@ class Agent(object):
             self._handle_request_chunk(peer, packet)
 
     def _handle_request_chunk(self, peer, packet):
-        key = (peer, packet.msg_id)
+        # Requests are remembered by message id alone, not by sender address: the agent has one key,
+        # so a captured request replayed from another address or port is the same request.
+        key = packet.msg_id
         skew = protocol.skew_error(packet.timestamp_ms, now_ms(), self.guard.window_ms / 1000.0)
         if skew is not None:
             self._count_drop("clock_skew", peer)
@@ -188,7 +207,7 @@ class Agent(object):
         if key in self.in_progress:
             self.stats["duplicates"] += 1
             return
-        cached = self.outbox.get(peer, packet.msg_id)
+        cached = self.outbox.get(None, packet.msg_id)
         if cached is not None:
             # A retransmitted request: same id, same answer, and the operations do not run again.
             self.stats["duplicates"] += 1
@@ -200,10 +219,10 @@ class Agent(object):
             return
         _, flags, timestamp_ms, body = complete
         try:
-            if self.guard.check(peer, packet.msg_id, timestamp_ms, now_ms()):
+            if self.guard.check(None, packet.msg_id, timestamp_ms, now_ms()):
                 self.stats["duplicates"] += 1   # seen, but its reply aged out of the outbox
                 return
-            self.guard.remember(peer, packet.msg_id, timestamp_ms, now_ms())
+            self.guard.remember(None, packet.msg_id, timestamp_ms, now_ms())
             obj = protocol.decode_body(flags, body)
             operations, cluster_info = protocol.parse_request(obj)
         except protocol.ProtocolError as exc:
@@ -218,7 +237,7 @@ class Agent(object):
         if protocol.skew_error(packet.timestamp_ms, now_ms(), self.guard.window_ms / 1000.0):
             self._count_drop("clock_skew", peer)
             return
-        sent = self.outbox.get(peer, packet.msg_id)
+        sent = self.outbox.get(None, packet.msg_id)
         if sent is None:
             return
         try:
@@ -313,7 +332,7 @@ class Agent(object):
             job.on_done(job)
 
     def _reply_done(self, job):
-        self.in_progress.discard((job.peer, job.msg_id))
+        self.in_progress.discard(job.msg_id)
         reply = protocol.make_reply(job.results, job.cluster_info)
         if "error" in job.cluster_info:
             reply["status"] = False
@@ -323,10 +342,10 @@ class Agent(object):
 
     # --- sending ----------------------------------------------------------------------------------
 
-    def _send(self, peer, kind, obj, msg_id=None, cache=True):
+    def _send(self, peer, kind, obj, msg_id=None, cache=True, compress=True):
         try:
             msg_id, datagrams = protocol.encode(kind, obj, self.keys, protocol.TO_CONTROLLER, msg_id, now_ms(),
-                                                self.settings["max_datagram"])
+                                                self.settings["max_datagram"], compress)
         except (protocol.ProtocolError, TypeError, ValueError) as exc:
             log.error("cannot encode a %s for %s: %s", protocol.KIND_NAMES[kind], peer[0], exc)
             error = protocol.ProtocolError("too_large" if isinstance(exc, protocol.ProtocolError) else "failed",
@@ -334,7 +353,7 @@ class Agent(object):
             msg_id, datagrams = protocol.encode(kind, protocol.error_reply(error), self.keys,
                                                 protocol.TO_CONTROLLER, msg_id, now_ms())
         if cache:
-            self.outbox.put(peer, msg_id, datagrams, time.monotonic())
+            self.outbox.put(None, msg_id, datagrams, time.monotonic())
         self._sendto(peer, datagrams)
         return msg_id
 
@@ -366,7 +385,8 @@ class Agent(object):
         if self.sock is None:
             return
         for peer, msg_id, missing in self.reassembler.missing(mono):
-            self._send(peer, protocol.RESEND, protocol.resend_payload(missing), msg_id, cache=False)
+            self._send(peer, protocol.RESEND, protocol.resend_payload(missing, self.settings["max_datagram"]),
+                       msg_id, cache=False)
         if self.monitor_addr is None:
             return
         due = []
@@ -386,7 +406,8 @@ class Agent(object):
             from . import __version__
             hello = {"version": protocol.VERSION_STRING, "key": binascii.hexlify(self.keys.key).decode(),
                      "hostname": socket.gethostname(), "agent_version": __version__}
-            self._send(self.monitor_addr, protocol.HELLO, hello, cache=False)
+            # Uncompressed: the monitor reads a HELLO before it can verify it, and refuses zlib there.
+            self._send(self.monitor_addr, protocol.HELLO, hello, cache=False, compress=False)
         self.run_operations(self.monitor_addr, None, operations, None, self._report_done, protocol.REPORT)
 
     def _report_done(self, job):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 import time
 
@@ -27,16 +28,46 @@ Exit status: 0 when every machine answered with status true, 1 otherwise, 2 for 
 """
 
 
+class UsageError(Exception):
+    """Bad arguments: printed as `mdp: ...` with exit status 2, like argparse's own errors."""
+
+
+def _positive(kind):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        return value
+    return convert
+
+
+def _port(text):
+    value = _positive(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return value
+
+
+def _datagram_size(text):
+    value = _positive(int)(text)
+    if not protocol.MIN_DATAGRAM <= value <= protocol.MAX_DATAGRAM:
+        raise argparse.ArgumentTypeError(f"must be {protocol.MIN_DATAGRAM}-{protocol.MAX_DATAGRAM}")
+    return value
+
+
 def _targets(text: str, keystore: KeyStore) -> list[str]:
     if text == "all":
         ips = keystore.ips()
         if not ips:
-            raise SystemExit(f"mdp: no machines in {keystore.path}")
+            raise UsageError(f"no machines in {keystore.path}")
         return ips
     try:
         return [normalise_ip(part) for part in text.split(",") if part.strip()]
     except KeyStoreError as exc:
-        raise SystemExit(f"mdp: bad TARGETS: {exc}") from None
+        raise UsageError(f"bad TARGETS: {exc}") from None
 
 
 def _operations(items: list[str], args_json: str | None) -> list:
@@ -47,19 +78,19 @@ def _operations(items: list[str], args_json: str | None) -> list:
                 op = json.loads(item)
                 protocol.parse_operation(op)
             except ValueError as exc:
-                raise SystemExit(f"mdp: bad OPERATION {item!r}: {exc}") from None
+                raise UsageError(f"bad OPERATION {item!r}: {exc}") from None
             ops.append(op)
         else:
             ops.append(item)
     if args_json is not None:
         if len(ops) != 1 or not isinstance(ops[0], str):
-            raise SystemExit("mdp: --args needs exactly one OPERATION given by name")
+            raise UsageError("--args needs exactly one OPERATION given by name")
         try:
             args = json.loads(args_json)
         except ValueError as exc:
-            raise SystemExit(f"mdp: --args is not JSON: {exc}") from None
+            raise UsageError(f"--args is not JSON: {exc}") from None
         if not isinstance(args, dict):
-            raise SystemExit("mdp: --args must be a JSON object")
+            raise UsageError("--args must be a JSON object")
         ops = [{"name": ops[0], "args": args}]
     return ops
 
@@ -114,9 +145,9 @@ def cmd_send(args) -> int:
         try:
             cluster_info = json.loads(args.cluster_info)
         except ValueError as exc:
-            raise SystemExit(f"mdp: --cluster-info is not JSON: {exc}") from None
+            raise UsageError(f"--cluster-info is not JSON: {exc}") from None
     if not operations and not cluster_info:
-        raise SystemExit("mdp: give at least one OPERATION (or --cluster-info)")
+        raise UsageError("give at least one OPERATION (or --cluster-info)")
     replies = asyncio.run(client.send_many(
         targets, operations, cluster_info, keystore=keystore, port=args.port, timeout=args.timeout,
         concurrency=args.concurrency, max_datagram=args.max_datagram, progress=_progress_printer(len(targets))))
@@ -135,12 +166,14 @@ def cmd_monitor(args) -> int:
     try:
         listen = parse_hostport(args.listen)
     except ConfigError as exc:
-        raise SystemExit(f"mdp: --listen: {exc}") from None
+        raise UsageError(f"--listen: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(collector.serve(listen, KeyStore(args.known_machines), args.db, args.accept_new))
     except KeyboardInterrupt:
         pass
+    except sqlite3.Error as exc:
+        raise SystemExit(f"mdp monitor: cannot use the database {args.db}: {exc}") from None
     except OSError as exc:
         raise SystemExit(f"mdp monitor: cannot listen on {args.listen}: {exc.strerror or exc}") from None
     return 0
@@ -235,7 +268,7 @@ def cmd_keys(args) -> int:
                 print(f"{row['ip']:<16} {row['state']:<9} {row['path']}")
             return 0
         if not args.ip:
-            raise SystemExit(f"mdp keys {args.action}: give the machine's IP")
+            raise UsageError(f"keys {args.action}: give the machine's IP")
         path = getattr(keystore, args.action)(args.ip)
         print(f"{args.action}: {args.ip} -> {path}")
         return 0
@@ -255,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--known-machines", metavar="DIR", help="key store (default ./.known_machines "
                        "or $MDP_KNOWN_MACHINES)")
         if timeout:
-            p.add_argument("--port", type=int, default=client.DEFAULT_PORT, help="agent UDP port (default 12345)")
-            p.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT_S,
+            p.add_argument("--port", type=_port, default=client.DEFAULT_PORT, help="agent UDP port (default 12345)")
+            p.add_argument("--timeout", type=_positive(float), default=client.DEFAULT_TIMEOUT_S,
                            help="overall deadline per machine in seconds (default %(default)g)")
 
     p = sub.add_parser("send", help="run operations on machines and print their replies", epilog=EPILOG_SEND,
@@ -265,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object mapping each IP to its reply")
     p.add_argument("--args", metavar="JSON", help="arguments for a single OPERATION given by name")
     p.add_argument("--cluster-info", metavar="JSON", help="cluster_info object to send with the request")
-    p.add_argument("--concurrency", type=int, default=client.DEFAULT_CONCURRENCY,
+    p.add_argument("--concurrency", type=_positive(int), default=client.DEFAULT_CONCURRENCY,
                    help="requests in flight at once (default %(default)d)")
-    p.add_argument("--max-datagram", type=int, default=protocol.DEFAULT_MAX_DATAGRAM,
+    p.add_argument("--max-datagram", type=_datagram_size, default=protocol.DEFAULT_MAX_DATAGRAM,
                    help="largest datagram to send (default %(default)d; raise only on a known LAN)")
     p.add_argument("targets", metavar="TARGETS", help="comma-separated IPs, or `all`")
     p.add_argument("operations", metavar="OPERATION", nargs="*", help="name or JSON {name, args}")
@@ -309,9 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except UsageError as exc:
+        parser.exit(2, f"mdp: {exc}\n")
     except KeyboardInterrupt:
         return 130
 

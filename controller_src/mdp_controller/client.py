@@ -69,8 +69,7 @@ class Client:
         self.keystore = keystore or KeyStore()
         self.max_datagram = max_datagram
         self.rng = rng or random.Random()
-        self._pending: dict[tuple[str, bytes], _Pending] = {}
-        self._keys_by_ip: dict[str, protocol.KeyPair] = {}
+        self._pending: dict[bytes, _Pending] = {}   # by msg_id
         self._reassembler = protocol.Reassembler()
         self._endpoint: _Endpoint | None = None
         self._resend_task: asyncio.Task | None = None
@@ -129,24 +128,23 @@ class Client:
         datagrams = protocol.encode_message(protocol.REQUEST, payload, keys.to_agent, msg_id,
                                             int(time.time() * 1000), self.max_datagram)
         pending = _Pending(ip, port, keys, msg_id, datagrams, loop.create_future())
-        self._pending[(ip, msg_id)] = pending
-        self._keys_by_ip[ip] = keys
+        self._pending[msg_id] = pending
         deadline = loop.time() + timeout
         try:
             for wait in protocol.retransmit_delays(self.rng):
-                if not pending.partial:   # a partial reply is completed by RESENDs, not by asking again
-                    pending.tries += 1
-                    self._sendto(pending.datagrams, (ip, port))
                 wait = min(wait, deadline - loop.time())
                 if wait <= 0:
                     break
+                if not pending.partial:   # a partial reply is completed by RESENDs, not by asking again
+                    pending.tries += 1
+                    self._sendto(pending.datagrams, (ip, port))
                 try:
                     return await asyncio.wait_for(asyncio.shield(pending.future), wait)
                 except asyncio.TimeoutError:
                     continue
             return {"status": False, "error": self._timeout_message(pending, timeout)}
         finally:
-            del self._pending[(ip, msg_id)]
+            del self._pending[msg_id]
 
     @staticmethod
     def _timeout_message(p: _Pending, timeout: float) -> str:
@@ -156,7 +154,8 @@ class Client:
         if p.partial:
             return f"timeout: the reply from {p.ip}:{p.port} arrived incomplete within {timeout:g} s"
         return (f"timeout: no reply from {p.ip}:{p.port} after {p.tries} tries in {timeout:g} s "
-                "(agent down, wrong port, or a firewall dropping UDP)")
+                "(agent down, wrong port, a firewall dropping UDP, or a key in the key store that is not "
+                "this agent's: an agent ignores requests it cannot verify)")
 
     def _sendto(self, datagrams: list[bytes], addr: tuple[str, int]):
         transport = self._endpoint.transport
@@ -166,40 +165,37 @@ class Client:
     # --- receiving --------------------------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, addr):
-        ip = addr[0]
-        keys = self._keys_by_ip.get(ip)
-        if keys is None:
-            return   # not a machine we asked: ignore
+        # Replies are matched by message id, not by source address: a multi-homed agent bound to the
+        # wildcard answers from whichever address its kernel routes by. The id (bytes 10-17 of the
+        # header) only picks the key to verify with; nothing is trusted before the MAC checks.
+        pending = self._pending.get(data[10:18]) if len(data) >= protocol.OVERHEAD else None
+        if pending is None:
+            return   # not ours, or a late duplicate of a reply already delivered
         try:
-            packet = protocol.open_datagram(data, keys, protocol.TO_CONTROLLER)
+            packet = protocol.open_datagram(data, pending.keys, protocol.TO_CONTROLLER)
         except protocol.ProtocolError as exc:
             if exc.code == "bad_signature":
-                for p in self._pending.values():
-                    if p.ip == ip:
-                        p.bad_signatures += 1
+                pending.bad_signatures += 1
             return
-        pending = self._pending.get((ip, packet.msg_id))
-        if pending is None:
-            return   # a late duplicate of a reply already delivered
         if packet.kind == protocol.RESEND:   # the agent lost chunks of our request
             try:
                 wanted = protocol.parse_resend(protocol.decode_body(packet.flags, packet.body), pending.datagrams)
             except protocol.ProtocolError:
                 return
-            self._sendto(wanted, (ip, pending.port))
+            self._sendto(wanted, (pending.ip, pending.port))
             return
         if packet.kind != protocol.REPLY:
             return
         pending.partial = packet.count > 1
-        complete = self._reassembler.add(ip, packet, time.monotonic())
+        complete = self._reassembler.add(pending.ip, packet, time.monotonic())
         if complete is None or pending.future.done():
             return
         _, flags, _, body = complete
         try:
             reply = protocol.decode_body(flags, body)
         except protocol.ProtocolError as exc:
-            reply = {"status": False, "error": f"bad reply from {ip}: {exc.message}"}
-        pending.future.set_result(_normalise_reply(ip, reply))
+            reply = {"status": False, "error": f"bad reply from {pending.ip}: {exc.message}"}
+        pending.future.set_result(_normalise_reply(pending.ip, reply))
 
     async def _ask_for_missing_chunks(self):
         """Every RESEND_GAP_S: ask agents for the chunks of replies that stopped short."""
@@ -208,11 +204,11 @@ class Client:
             now = time.monotonic()
             self._reassembler.expire(now)
             for ip, msg_id, missing in self._reassembler.missing(now):
-                pending = self._pending.get((ip, msg_id))
+                pending = self._pending.get(msg_id)
                 if pending is None:
                     continue
-                _, datagrams = protocol.encode(protocol.RESEND, protocol.resend_payload(missing), pending.keys,
-                                               protocol.TO_AGENT, msg_id, int(time.time() * 1000))
+                _, datagrams = protocol.encode(protocol.RESEND, protocol.resend_payload(missing, self.max_datagram),
+                                               pending.keys, protocol.TO_AGENT, msg_id, int(time.time() * 1000))
                 self._sendto(datagrams, (ip, pending.port))
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 
 from . import cluster
-from .cli import _targets
+from .cli import UsageError, _targets
 from .keystore import KeyStore
 
 EPILOG = """\
@@ -41,7 +41,7 @@ def cmd_cluster(args) -> int:
     kwargs = {"keystore": keystore, "port": args.port, "timeout": args.timeout}
     if args.action == "activate":
         if not args.folder:
-            raise SystemExit("mdp cluster activate: --folder is required")
+            raise UsageError("cluster activate: --folder is required")
         outcome = asyncio.run(cluster.activate(None, targets, args.folder, **kwargs))
         ok = outcome["ok"]
         rows = outcome["machines"]

@@ -22,6 +22,9 @@ log = logging.getLogger("mdp.monitor")
 
 FLUSH_INTERVAL_S = 0.2         # reports reach SQLite within this long; one transaction per flush
 FLUSH_BATCH = 5000             # or as soon as this many are waiting
+# Keys offered by strangers and waiting for `mdp keys accept`. Anyone can send a HELLO from any
+# (forged) address; past this many, new offers are refused until the operator clears pending/.
+MAX_PENDING_KEYS = 256
 
 
 class Collector(asyncio.DatagramProtocol):
@@ -33,7 +36,7 @@ class Collector(asyncio.DatagramProtocol):
         self.reassembler = protocol.Reassembler()
         self.transport: asyncio.DatagramTransport | None = None
         self.stats = {"received": 0, "reports": 0, "hellos": 0, "dropped": {}}
-        self._warned: dict[tuple[str, str], float] = {}
+        self._warned: dict[str, float] = {}
 
     # --- asyncio plumbing -------------------------------------------------------------------------
 
@@ -122,6 +125,9 @@ class Collector(asyncio.DatagramProtocol):
             return
         key_text, keys = offered
         self.stats["hellos"] += 1
+        if self.keystore.get_text(ip, "rejected") == key_text:
+            self._drop(ip, "rejected_key", "this key was rejected; `mdp keys` can trust it again")
+            return
         if self.accept_new:
             self.keystore.put(ip, key_text)
             self.store.event(ip, "enrolled", "key accepted on first use (--accept-new)")
@@ -129,6 +135,11 @@ class Collector(asyncio.DatagramProtocol):
             self._send(addr, protocol.ACK, {"ack": "hello", "state": "trusted"}, keys)
             return
         if self.keystore.get_text(ip, "pending") != key_text:
+            pending = sum(1 for row in self.keystore.list() if row["state"] == "pending")
+            if pending >= MAX_PENDING_KEYS:
+                self._warn(None, "pending_full", f"{pending} keys already wait in pending/; refusing more "
+                           "offers until `mdp keys accept|reject` clears some")
+                return
             self.keystore.put(ip, key_text, state="pending")
             self.store.event(ip, "pending", "key offered; accept with `mdp keys accept %s`" % ip)
             log.warning("%s offered a key; it waits in pending/ until `mdp keys accept %s`", ip, ip)
@@ -161,8 +172,9 @@ class Collector(asyncio.DatagramProtocol):
 
     def _warn(self, ip, reason, message, level=logging.WARNING):
         now = time.monotonic()
-        if now - self._warned.get((ip, reason), -60.0) >= 60.0:   # one line per cause per minute
-            self._warned[(ip, reason)] = now
+        # One line per cause per minute; keyed by reason only, so forged addresses cannot grow it.
+        if now - self._warned.get(reason, -60.0) >= 60.0:
+            self._warned[reason] = now
             log.log(level, "%s", message)
 
 
@@ -172,12 +184,13 @@ def _self_signed_hello(data: bytes):
     This parses before verifying, which nothing else does: there is no key yet to verify with. It is
     bounded (one datagram, checked with the offered key right after) and proves only possession.
     """
-    if not protocol.HEADER_SIZE < len(data) <= protocol.DEFAULT_MAX_DATAGRAM * 4 or data[:2] != protocol.MAGIC:
+    # Cheap refusals first: a HELLO is one small uncompressed datagram, so nothing here inflates.
+    if not protocol.OVERHEAD < len(data) <= protocol.DEFAULT_MAX_DATAGRAM or data[:2] != protocol.MAGIC:
         return None
-    if data[3:4] != bytes([protocol.HELLO]):
+    if data[3] != protocol.HELLO or data[4] != 0:
         return None
     try:
-        body = protocol.decode_body(data[4] & protocol.FLAG_ZLIB, data[protocol.HEADER_SIZE:-protocol.MAC_SIZE])
+        body = protocol.decode_body(0, data[protocol.HEADER_SIZE:-protocol.MAC_SIZE])
         key_text = str(body.get("key", ""))
         keys = protocol.KeyPair.from_text(key_text)
         packet = protocol.open_datagram(data, keys, protocol.TO_CONTROLLER)

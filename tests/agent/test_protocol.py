@@ -452,8 +452,6 @@ def test_a_one_mib_incompressible_result_gets_through_at_the_default_datagram_si
     assert p.decode_body(flags, body) == reply
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.py bug: REASSEMBLY_BYTES_PER_PEER leaves 64 KiB for CHUNK_COST, "
-                                       "but a 4 MiB message has 3,673 chunks at 1200 bytes (367 KB of cost)")
 @pytest.mark.parametrize("max_datagram", [p.MIN_DATAGRAM, p.DEFAULT_MAX_DATAGRAM])
 def test_the_largest_message_reassembles_within_the_default_limits(max_datagram):
     """Whatever a sender may send (MAX_MESSAGE_BYTES, incompressible), a receiver must be able to hold."""
@@ -677,9 +675,6 @@ def test_resend_payload_is_sorted_unique_and_capped():
     assert 0 < len(missing) <= p.MAX_RESEND_INDICES and missing == list(range(len(missing)))
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.py bug: resend_payload allows 4096 indices, but a RESEND of more "
-                                       "than ~600 takes several datagrams, and every receiver (agent, client) "
-                                       "decodes a RESEND datagram alone, so it is dropped as bad_payload")
 @pytest.mark.parametrize("lost", [range(1000), range(0, 8000, 2), range(p.MAX_RESEND_INDICES)])
 def test_any_resend_fits_the_one_datagram_receivers_read(lost):
     """A big reply that lost many chunks must still be recoverable: what resend_payload gives is sent in
