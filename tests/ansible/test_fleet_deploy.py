@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import ansible_runner
@@ -42,7 +43,12 @@ def deployed(fleet, tmp_path_factory):
         quiet=True,
         timeout=1200,
     )
-    return fleet, result
+    yield fleet, result
+    if fleet.booted:
+        # The fleet goes down with this session; a supervised monitor (no systemd here) would keep
+        # restarting against a vanished bridge address.
+        subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--retry", "TERM/10/KILL/5",
+                        "--pidfile", "/run/mdp-monitor.pid"], capture_output=True, timeout=60)
 
 
 def test_runner_deploy_succeeds_with_stats_and_events(deployed):
