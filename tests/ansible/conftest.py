@@ -18,7 +18,6 @@ sys.path.insert(0, str(REPO / "tests" / "fleet"))
 from integration.harness import Agent, free_port  # noqa: E402
 from mdp_fleet import fleet  # noqa: E402,F401  (the session-scoped booted test fleet)
 
-
 # molecule/default's testinfra checks run only under `molecule verify` (test_molecule.py runs that).
 collect_ignore = [] if "MOLECULE_INVENTORY_FILE" in os.environ else ["molecule"]
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import ansible_runner
 import pytest
-
 from conftest import BIN, REPO, run
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]

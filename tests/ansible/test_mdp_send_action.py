@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from conftest import run_tree
 
 _calls = itertools.count()

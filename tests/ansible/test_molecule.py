@@ -5,7 +5,6 @@ a real signed mdp_send)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import run
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]

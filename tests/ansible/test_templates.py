@@ -11,14 +11,12 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar
-
 from conftest import REPO
 
 ROLE = REPO / "roles" / "mdp_agent"
