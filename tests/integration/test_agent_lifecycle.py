@@ -32,8 +32,6 @@ def test_sigterm_exits_0_promptly(spawn_agent):
     assert "mdp-agent stopped" in agent.log()
 
 
-@pytest.mark.xfail(strict=True, reason="pool.shutdown(wait=False) does not stop Python from joining the "
-                   "ThreadPoolExecutor's workers at exit, so SIGTERM waits for every running operation")
 def test_sigterm_does_not_wait_for_a_running_operation(spawn_agent, port):
     agent = spawn_agent("127.0.0.2")
     keys = protocol.KeyPair.from_text(agent.key_text)
