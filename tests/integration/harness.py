@@ -6,6 +6,8 @@ session: the demo (port 12345 on 127.0.0.1-4) and the benchmarks (127.10.x.x) ma
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import random
 import signal
@@ -234,6 +236,16 @@ def signed_request(keys: protocol.KeyPair, operations, timestamp_ms: int | None 
         timestamp_ms = int(time.time() * 1000)
     return protocol.encode(protocol.REQUEST, protocol.make_request(operations), keys, protocol.TO_AGENT,
                            msg_id, timestamp_ms, max_datagram)
+
+
+def raw_datagram(keys: protocol.KeyPair, kind: int = protocol.REQUEST, body: bytes = b'{"operations":["ping"]}',
+                 count: int = 1, index: int = 0, msg_id: bytes | None = None, sign: bool = True,
+                 version: int = protocol.PROTOCOL_VERSION) -> bytes:
+    """One hand-made datagram towards an agent, with any header field wrong on purpose (signed, or not)."""
+    head = protocol.HEADER.pack(protocol.MAGIC, version, kind, 0, 0, index, count, msg_id or os.urandom(8),
+                                int(time.time() * 1000))
+    mac = hmac.new(keys.to_agent, head + body, hashlib.sha256).digest() if sign else bytes(32)
+    return head + body + mac
 
 
 def receive_reply(sock: socket.socket, keys: protocol.KeyPair, msg_id: bytes, timeout: float = 5.0) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import socket
@@ -14,7 +12,7 @@ import pytest
 from mdp_agent import protocol
 from mdp_controller.keystore import KeyStore
 
-from .harness import receive_reply, run_mdp, signed_request
+from .harness import raw_datagram, receive_reply, run_mdp, signed_request, write_config
 
 
 def send(known_machines, port, *args, timeout=10):
@@ -123,14 +121,12 @@ def test_unsupported_version_from_a_key_holder_gets_a_clear_answer(spawn_agent, 
     agent = spawn_agent("127.0.0.2")
     keys = protocol.KeyPair.from_text(agent.key_text)
     msg_id = b"version2"
-    body = protocol.dump_json({"version": "2.0", "operations": ["ping"]})
-    head = protocol.HEADER.pack(protocol.MAGIC, 2, protocol.REQUEST, 0, 0, 0, 1, msg_id, int(time.time() * 1000))
-    datagram = head + body + hmac.new(keys.to_agent, head + body, hashlib.sha256).digest()
+    datagram = raw_datagram(keys, body=b'{"version": "2.0", "operations": ["ping"]}', msg_id=msg_id, version=2)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(datagram, (agent.ip, port))
         reply = receive_reply(sock, keys, msg_id)
     assert reply["error"]["code"] == "unsupported_version"
-    assert "protocol version 2 is not supported; this side speaks 1" == reply["error"]["message"]
+    assert reply["error"]["message"] == "protocol version 2 is not supported; this side speaks 1"
 
 
 @pytest.mark.parametrize("args", [["not-an-ip", "ping"], ["127.0.0.2", "{bad json"], ["127.0.0.2"]])
@@ -144,7 +140,7 @@ def test_bad_usage_exits_2(known_machines, port, args):
                                         ("--timeout", "0"), ("--timeout", "-1"), ("--concurrency", "0")])
 def test_bad_flag_values_are_refused_as_usage_errors(known_machines, port, flag, value):
     KeyStore(known_machines).put("127.0.0.2", protocol.generate_key_text())
-    # The last --port/--timeout wins, so the bad value overrides these (which keep a wrong success short).
+    # The last --port/--timeout given wins; the short timeout only matters if a bad value is wrongly accepted.
     out = run_mdp("send", "--known-machines", known_machines, "--port", port, "--timeout", "1", flag, value,
                   "127.0.0.2", "ping", timeout=30)
     assert "Traceback" not in out.stderr
@@ -158,3 +154,16 @@ def test_an_agent_on_the_wildcard_address_answers_for_each_of_its_addresses(spaw
     KeyStore(known_machines).put("127.0.0.2", agent.key_text)
     out = send(known_machines, port, "--json", "127.0.0.2", "ping", timeout=2)
     assert json.loads(out.stdout)["127.0.0.2"]["status"] is True
+
+
+def test_ops_from_a_machine_lists_only_what_its_allow_list_permits(spawn_agent, known_machines, port, tmp_path):
+    config = write_config(tmp_path / "agent.conf", allow="system.*, get_available_methods")
+    spawn_agent("127.0.0.2", config=config)
+    out = run_mdp("ops", "--from", "127.0.0.2", "--known-machines", known_machines, "--port", port, "--json")
+    assert out.returncode == 0, out.stderr
+    described = {op["name"]: op for op in json.loads(out.stdout)}
+    assert {"get_available_methods", "system.ping", "system.uptime"} <= set(described)
+    assert all(name.startswith("system.") or name == "get_available_methods" for name in described), described
+    assert described["system.ping"]["summary"] == "Liveness check that does no work."
+    refused = send(known_machines, port, "--json", "127.0.0.2", "load.avg")
+    assert json.loads(refused.stdout)["127.0.0.2"]["operations"][0]["error"]["code"] == "not_allowed"

@@ -3,8 +3,6 @@ and a flood of them does not grow its memory."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import random
 import socket
@@ -12,18 +10,9 @@ import time
 
 from mdp_agent import protocol
 
-from .harness import receive_reply, signed_request, wait_for, write_config
+from .harness import raw_datagram, receive_reply, signed_request, wait_for, write_config
 
 REPLAY_WINDOW_S = 1   # short, so a captured request becomes a stale replay within the test
-
-
-def raw_datagram(keys, kind=protocol.REQUEST, body=b'{"operations":["ping"]}', count=1, index=0, msg_id=None,
-                 sign=True):
-    """A hand-made datagram, signed towards the agent (or not)."""
-    head = protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, kind, 0, 0, index, count,
-                                msg_id or os.urandom(8), int(time.time() * 1000))
-    mac = hmac.new(keys.to_agent, head + body, hashlib.sha256).digest() if sign else bytes(32)
-    return head + body + mac
 
 
 def test_bad_datagrams_are_counted_by_reason_and_the_agent_keeps_answering(spawn_agent, tmp_path, port):
