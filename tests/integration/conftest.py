@@ -23,8 +23,9 @@ def spawn_agent(tmp_path, port, known_machines):
     """spawn_agent(ip, config=None, flags=(), trust=True) -> a started Agent whose key the controller trusts."""
     agents: list[Agent] = []
 
-    def spawn(ip, config=None, flags=(), trust=True, state_dir=None, umask=-1) -> Agent:
-        agent = Agent(tmp_path, ip, port, known_machines, config=config, flags=flags, state_dir=state_dir)
+    def spawn(ip, config=None, flags=(), trust=True, state_dir=None, umask=-1, python=None) -> Agent:
+        agent = Agent(tmp_path, ip, port, known_machines, config=config, flags=flags, state_dir=state_dir,
+                      python=python)
         agents.append(agent)
         agent.start(umask=umask)
         return agent.trust() if trust else agent

@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 _VENV_BIN = REPO / ".venv" / "bin"
 PYTHON = str(_VENV_BIN / "python") if (_VENV_BIN / "python").exists() else sys.executable
 MDP = str(_VENV_BIN / "mdp") if (_VENV_BIN / "mdp").exists() else None
+# The oldest Python 3 here (pyenv keeps several), as the Makefile picks it: the agent must run on it.
+_OLD = sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"),
+              key=lambda p: tuple(int(n) for n in p.parts[-3].split(".")))
+OLDEST_PYTHON = str(_OLD[0]) if _OLD else None
 MONITOR_IP = "127.0.0.1"
 # Below Linux's ephemeral range (32768-60999), so no client socket can take the port from under us.
 PORT_RANGE = (20000, 32000)
@@ -85,16 +89,16 @@ class Process:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def _spawn(self, argv, umask=-1):
+    def _spawn(self, argv, umask=-1, env=None):
         with open(self.log_path, "ab") as log:   # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=mdp_env(),
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env or mdp_env(),
                                          umask=umask, start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 10.0, after: int = 0):
-        """Wait until the log shows text (past byte offset `after`); fail with the log if the process died."""
+        """Wait until the log shows text (past character offset `after`); fail with the log if the process died."""
         def seen():
             if text in self.log()[after:]:
                 return True
@@ -132,8 +136,9 @@ class Agent(Process):
     """`python -m mdp_agent` on ip:port with its own state dir; requests go through the real client library."""
 
     def __init__(self, workdir: Path, ip: str, port: int, known_machines: Path, config: Path | None = None,
-                 flags=(), state_dir: Path | None = None):
+                 flags=(), state_dir: Path | None = None, python: str | None = None):
         self.ip, self.port = ip, port
+        self.python = python or PYTHON
         self.state_dir = state_dir or workdir / f"agent-{ip}" / "state"
         self.config = config
         self.flags = list(flags)
@@ -143,9 +148,10 @@ class Agent(Process):
 
     def start(self, umask=-1) -> Agent:
         offset = len(self.log())
-        self._spawn([PYTHON, "-m", "mdp_agent", "--config", str(self.config or "/nonexistent"),
+        env = dict(mdp_env(), PYTHONPATH=str(REPO / "agent_src"))   # the tree deploy.yml copies to machines
+        self._spawn([self.python, "-m", "mdp_agent", "--config", str(self.config or "/nonexistent"),
                      "--bind", self.ip, "--port", str(self.port), "--state-dir", str(self.state_dir),
-                     "--log-level", "debug"] + self.flags, umask=umask)
+                     "--log-level", "debug"] + self.flags, umask=umask, env=env)
         self.wait_for_log("listening on", after=offset)
         return self
 

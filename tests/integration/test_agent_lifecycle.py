@@ -14,7 +14,7 @@ from mdp_agent import __main__ as agent_main
 from mdp_agent import protocol
 from mdp_controller import cli
 
-from .harness import PYTHON, run_mdp, signed_request, wait_for, write_config
+from .harness import OLDEST_PYTHON, PYTHON, run_mdp, signed_request, wait_for, write_config
 
 
 def mode(path):
@@ -128,3 +128,19 @@ def test_config_errors_and_a_busy_port_are_named(tmp_path, port):
                         "--port", port)
     assert out.returncode == 1
     assert out.stderr.strip().endswith(f"mdp-agent: cannot listen on 127.0.0.2:{port}: Address already in use")
+
+
+@pytest.mark.skipif(OLDEST_PYTHON is None, reason="no old Python 3 under /root/.pyenv/versions")
+def test_the_agent_serves_reports_and_stops_on_the_oldest_python(spawn_agent, spawn_monitor, tmp_path):
+    monitor_keys = tmp_path / "monitor_keys"
+    monitor = spawn_monitor(monitor_keys)
+    agent = spawn_agent("127.0.0.2", flags=["--monitor", monitor.address, "--interval", "1"], python=OLDEST_PYTHON)
+    agent.trust(monitor_keys)
+    reply = agent.request(["system.ping", {"name": "process.top", "args": {"n": 2}}, "memory.info", "disk.io",
+                           "network.interfaces", "filesystem.usage", "cpu.usage", "load.avg", "system.info",
+                           {"name": "report.subscribe", "args": {"operations": ["process.count"], "every": 1}}])
+    assert reply["status"], [op for op in reply["operations"] if "error" in op]
+    assert reply["operations"][8]["result"]["python"] == OLDEST_PYTHON.split("/")[-3]   # e.g. 3.6.15
+    wait_for(lambda: monitor.report_count(agent.ip, containing='"name": "process.count"') >= 1,
+             "a report with the subscribed operation")
+    assert agent.stop(timeout=5) == 0
