@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import stat
 
+import pytest
+
 from .harness import run_mdp, wait_for
 
 TOP = {"name": "process.top", "args": {"n": 2}}
@@ -68,3 +70,13 @@ def test_subscriptions_report_persist_across_restart_and_stop(spawn_agent, spawn
     code, reply = send("report.unsubscribe")
     assert code == 0 and reply["operations"][0]["result"] == []
     assert json.loads(state_file.read_text()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="Agent.op_subscribe checks the operation's name (registry.lookup) but not "
+                   "its arguments, so a subscription that can only fail is accepted and fails in every report")
+def test_a_subscription_with_bad_arguments_is_refused_at_once(spawn_agent):
+    agent = spawn_agent("127.0.0.6")
+    reply = agent.request([{"name": "report.subscribe",
+                            "args": {"operations": [{"name": "system.ping", "args": {"no_such_argument": 1}}]}}])
+    assert reply["operations"][0].get("error", {}).get("code") == "bad_arguments", reply["operations"][0]
+    assert agent.result("report.subscriptions") == []
