@@ -51,6 +51,19 @@ DEFAULTS = {
     "folder_root": "/",
 }
 
+# Every folder setting cluster mode relies on, sent explicitly: Syncthing 1.12 fills fields a new
+# folder leaves out with zeros, and maxConflicts 0 would discard the losing side of a conflict.
+FOLDER_SETTINGS = {
+    "type": "sendreceive",
+    "fsWatcherEnabled": True,
+    "fsWatcherDelayS": 1,          # changes move within seconds
+    "paused": False,
+    "maxConflicts": 10,            # keep conflict copies (Syncthing's default)
+    "minDiskFree": {"value": 1, "unit": "%"},
+    "autoNormalize": True,
+    "markerName": ".stfolder",
+}
+
 DEFAULT_STATE_DIR = "/var/lib/mdp-agent"
 
 _current = None
@@ -323,17 +336,16 @@ class ClusterManager:
             fid = folder_id(path)
             wanted[fid] = path
             folder = existing.get(fid)
+            wanted_fields = dict(FOLDER_SETTINGS, path=self._disk(path))
             if folder is None:
-                api.add_folder({"id": fid, "label": "mdp %s" % path, "path": self._disk(path), "type": "sendreceive",
-                                "devices": [{"deviceID": d} for d in members], "fsWatcherEnabled": True,
-                                "fsWatcherDelayS": 1, "rescanIntervalS": 3600, "paused": False})
+                api.add_folder(dict(wanted_fields, id=fid, label="mdp %s" % path, rescanIntervalS=3600,
+                                    devices=[{"deviceID": d} for d in members]))
                 continue
             fields = {}
             have = {d["deviceID"]: d for d in folder.get("devices", [])}
             if set(have) != set(members):
                 fields["devices"] = [have.get(d, {"deviceID": d}) for d in members]
-            for key, value in (("path", self._disk(path)), ("type", "sendreceive"), ("fsWatcherEnabled", True),
-                               ("fsWatcherDelayS", 1), ("paused", False)):
+            for key, value in sorted(wanted_fields.items()):
                 if folder.get(key) != value:
                     fields[key] = value
             if fields:

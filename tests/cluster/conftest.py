@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
 
-import harness
+import harness  # noqa: E402
+from mdp_fleet import fleet  # noqa: E402,F401  (the session-scoped booted test fleet)
 
 
 def _ensure_syncthing():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness import read_or_none, wait_for
+
 from mdp_controller import client
 from mdp_controller import cluster as controller
 

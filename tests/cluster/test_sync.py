@@ -6,6 +6,7 @@ import json
 
 import pytest
 from harness import activate, read_or_none, seed_request, wait_for
+
 from mdp_agent.cluster import ClusterError, folder_id
 
 pytestmark = pytest.mark.slow
