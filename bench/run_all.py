@@ -165,14 +165,24 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     p.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--json", metavar="FILE", help="also write the raw results here")
+    p.add_argument("--render", metavar="FILE", help="run nothing: rewrite the doc from a --json file of an "
+                   "earlier full run (and the hour-long memory log, if it has finished since)")
     args = p.parse_args(argv)
-    info = C.machine_info()
-    print(f"machine: {info}", flush=True)
-    started = time.monotonic()
-    results = run_benchmarks(args.only)
-    print(f"== done in {time.monotonic() - started:.0f} s", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    if args.render:
+        try:
+            saved = json.loads(Path(args.render).read_text())
+            info, results = saved["machine"], saved["results"]
+        except (OSError, ValueError, KeyError) as exc:
+            p.error(f"--render {args.render}: not a results file of run_all.py --json ({exc})")
+        args.only = [name for name in BENCHMARKS if name in results]
+    else:
+        info = C.machine_info()
+        print(f"machine: {info}", flush=True)
+        started = time.monotonic()
+        results = run_benchmarks(args.only)
+        print(f"== done in {time.monotonic() - started:.0f} s", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=1))
     section = render(results, info)
     if args.no_docs or set(args.only) != set(BENCHMARKS):
         print(section)   # a partial run must not wipe the other benchmarks' numbers from the doc
