@@ -1,17 +1,13 @@
-"""Fixtures for the Ansible side: ansible commands run from the project root, real agents, the fleet."""
+"""Fixtures for the Ansible side: real agents on loopback, the booted fleet (tests/fleet)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from mdp_ansible import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "fleet"))
 
@@ -20,31 +16,6 @@ from mdp_fleet import fleet  # noqa: E402,F401  (the session-scoped booted test 
 
 # molecule/default's testinfra checks run only under `molecule verify` (test_molecule.py runs that).
 collect_ignore = [] if "MOLECULE_INVENTORY_FILE" in os.environ else ["molecule"]
-
-
-def ansible_env(known_machines: Path | None = None, **extra) -> dict:
-    """The environment of an operator in the project root: this venv first, ansible.cfg found by cwd."""
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("ANSIBLE_CONFIG", None)
-    if known_machines is not None:
-        env["MDP_KNOWN_MACHINES"] = str(known_machines)
-    env.update(extra)
-    return env
-
-
-def run(argv, *, known_machines=None, timeout=900, **extra) -> subprocess.CompletedProcess:
-    """Run an ansible command from the project root; stdout+stderr captured as text."""
-    return subprocess.run([str(a) for a in argv], cwd=REPO, env=ansible_env(known_machines, **extra),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def run_tree(argv, tree: Path, *, known_machines=None, timeout=900) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run with ansible-core's tree callback: returns the process and {host: its last task result}."""
-    result = run(argv, known_machines=known_machines, timeout=timeout, ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-                 ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree", ANSIBLE_CALLBACK_TREE_DIR=str(tree))
-    last = {p.name: json.loads(p.read_text()) for p in tree.iterdir()} if tree.is_dir() else {}
-    return result, last
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 
 import ansible_runner
 import pytest
-from conftest import BIN, REPO, run
+from mdp_ansible import BIN, REPO, run
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 

@@ -4,7 +4,7 @@ collection's ansible-test sanity + units under the current ansible-core and unde
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, run
+from mdp_ansible import REPO, run
 
 PLAYBOOKS = ["deploy.yml", "playbooks/send.yml", "playbooks/uninstall.yml", "playbooks/rotate_keys.yml"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import run_tree
+from mdp_ansible import run_tree
 
 _calls = itertools.count()
 

@@ -5,7 +5,7 @@ a real signed mdp_send)."""
 from __future__ import annotations
 
 import pytest
-from conftest import run
+from mdp_ansible import run
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar
-from conftest import REPO
+from mdp_ansible import REPO
 
 ROLE = REPO / "roles" / "mdp_agent"
 init_plugin_loader()  # lookups and filters, as ansible-playbook loads them
