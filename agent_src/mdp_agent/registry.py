@@ -67,7 +67,8 @@ class Operation:
         self._parameters = [p for p in inspect.signature(func).parameters.values()
                             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
-    def _check(self, args):
+    def check_arguments(self, args):
+        """Validate args against the signature without running; returns them (None -> {})."""
         if args is None:
             args = {}
         if not isinstance(args, dict):
@@ -92,7 +93,7 @@ class Operation:
 
     def call(self, args=None):
         """Run with args (dict or None); every failure becomes an OperationError."""
-        args = self._check(args)
+        args = self.check_arguments(args)
         try:
             return self.func(**args)
         except OperationError:

@@ -442,7 +442,8 @@ class Agent(object):
             raise ValueError("every must be at least %g seconds" % MIN_SUBSCRIPTION_EVERY_S)
         for item in operations:
             name, args = protocol.parse_operation(item)
-            self.registry.lookup(name)   # unknown or not allowed: refuse now, not at report time
+            # Unknown, not allowed, or bad arguments: refuse now, not in every report from now on.
+            self.registry.lookup(name).check_arguments(args)
             key = _subscription_key(name, args)
             if key not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
                 raise ValueError("at most %d subscriptions" % MAX_SUBSCRIPTIONS)

@@ -70,12 +70,22 @@ def _targets(text: str, keystore: KeyStore) -> list[str]:
         raise UsageError(f"bad TARGETS: {exc}") from None
 
 
+def _json(text: str, what: str):
+    """Parse JSON from the command line; NaN and Infinity are refused (they are not JSON)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError as exc:
+        raise UsageError(f"{what} is not JSON: {exc}") from None
+
+
 def _operations(items: list[str], args_json: str | None) -> list:
     ops: list = []
     for item in items:
         if item.lstrip().startswith("{"):
+            op = _json(item, f"OPERATION {item!r}")
             try:
-                op = json.loads(item)
                 protocol.parse_operation(op)
             except ValueError as exc:
                 raise UsageError(f"bad OPERATION {item!r}: {exc}") from None
@@ -85,10 +95,7 @@ def _operations(items: list[str], args_json: str | None) -> list:
     if args_json is not None:
         if len(ops) != 1 or not isinstance(ops[0], str):
             raise UsageError("--args needs exactly one OPERATION given by name")
-        try:
-            args = json.loads(args_json)
-        except ValueError as exc:
-            raise UsageError(f"--args is not JSON: {exc}") from None
+        args = _json(args_json, "--args")
         if not isinstance(args, dict):
             raise UsageError("--args must be a JSON object")
         ops = [{"name": ops[0], "args": args}]
@@ -142,10 +149,9 @@ def cmd_send(args) -> int:
     operations = _operations(args.operations, args.args)
     cluster_info = None
     if args.cluster_info:
-        try:
-            cluster_info = json.loads(args.cluster_info)
-        except ValueError as exc:
-            raise UsageError(f"--cluster-info is not JSON: {exc}") from None
+        cluster_info = _json(args.cluster_info, "--cluster-info")
+        if not isinstance(cluster_info, dict):
+            raise UsageError("--cluster-info must be a JSON object")
     if not operations and not cluster_info:
         raise UsageError("give at least one OPERATION (or --cluster-info)")
     replies = asyncio.run(client.send_many(

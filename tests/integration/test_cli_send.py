@@ -130,9 +130,7 @@ def test_unsupported_version_from_a_key_holder_gets_a_clear_answer(spawn_agent, 
 
 
 NAN_ARGUMENT = pytest.param(
-    ["127.0.0.2", '{"name": "cpu.usage", "args": {"interval": NaN}}'], id="NaN-argument",
-    marks=pytest.mark.xfail(strict=True, reason="json.loads in cli._operations accepts NaN, then protocol.dump_json "
-                            "(allow_nan=False) raises ValueError in client.send_many: a traceback, exit 1"))
+    ["127.0.0.2", '{"name": "cpu.usage", "args": {"interval": NaN}}'], id="NaN-argument")
 
 
 @pytest.mark.parametrize("args", [["not-an-ip", "ping"], ["127.0.0.2", "{bad json"], ["127.0.0.2"], NAN_ARGUMENT])

@@ -72,8 +72,6 @@ def test_subscriptions_report_persist_across_restart_and_stop(spawn_agent, spawn
     assert json.loads(state_file.read_text()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="Agent.op_subscribe checks the operation's name (registry.lookup) but not "
-                   "its arguments, so a subscription that can only fail is accepted and fails in every report")
 def test_a_subscription_with_bad_arguments_is_refused_at_once(spawn_agent):
     agent = spawn_agent("127.0.0.6")
     reply = agent.request([{"name": "report.subscribe",
