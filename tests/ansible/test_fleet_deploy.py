@@ -7,9 +7,11 @@ is shared with the rest of the suite and left deployed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import time
 
 import ansible_runner
 import pytest
@@ -112,3 +114,17 @@ def test_adhoc_mdp_send_reaches_every_agent(deployed):
     assert result.returncode == 0, result.stdout
     assert result.stdout.count("SUCCESS") == len(fleet.hosts)
     assert result.stdout.count('"pong"') == len(fleet.hosts)
+
+
+def test_monitor_collects_every_agents_reports(deployed):
+    """The monitor deploy.yml started receives signed reports from each agent (every 60 s by default)."""
+    fleet, _ = deployed
+    wanted = {h.ip for h in fleet.hosts}
+    deadline = time.monotonic() + 180
+    while True:
+        result = run([BIN / "mdp", "status", "--db", "/var/lib/mdp-monitor/mdp.db", "--json"])
+        seen = {m["ip"] for m in json.loads(result.stdout or "[]") if m.get("reports", 0) > 0 and m["status"]}
+        if wanted <= seen:
+            break
+        assert time.monotonic() < deadline, f"no reports from {sorted(wanted - seen)} after 180 s: {result.stderr}"
+        time.sleep(2)
