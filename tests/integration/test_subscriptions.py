@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import stat
 
-import pytest
-
 from .harness import run_mdp, wait_for
 
 TOP = {"name": "process.top", "args": {"n": 2}}
