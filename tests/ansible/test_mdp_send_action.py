@@ -94,3 +94,26 @@ def test_check_mode_runs_reads_and_skips_cluster_mode(loopback_agent):
                       % loopback_agent.port, "--check")
     assert cluster.returncode == 0, cluster.stdout
     assert "SKIPPED" in cluster.stdout
+
+
+def test_check_mode_holds_back_mutating_operations(monkeypatch):
+    """The plugin asks the agent's own registry which operations change the host (none of the
+    shipped ones is mutating today, so a real registry gets one registered here)."""
+    import importlib.util
+
+    from mdp_ansible import REPO
+
+    from mdp_agent.registry import Registry
+
+    path = REPO / "collections/ansible_collections/mdp/core/plugins/action/mdp_send.py"
+    spec = importlib.util.spec_from_file_location("mdp_send_action", path)
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+
+    registry = Registry(enable_mutating=True)
+    registry.register("system.ping", lambda: "pong")
+    registry.register("service.restart", lambda name: None, mutating=True)
+    monkeypatch.setattr(plugin, "load_default_registry", lambda enable_mutating: registry)
+    assert plugin.mutating_operations(["system.ping", {"name": "service.restart", "args": {"name": "x"}}]) == [
+        "service.restart"]
+    assert plugin.mutating_operations(["system.ping", "no.such"]) == []

@@ -17,6 +17,7 @@ from ansible.plugins.action import ActionBase
 
 try:
     from mdp_agent import protocol
+    from mdp_agent.registry import load_default_registry
     from mdp_controller.client import MDPError, send_sync
 except ImportError as exc:  # reported when the task runs, so that ansible-doc and sanity still load us
     IMPORT_ERROR = exc
@@ -52,6 +53,12 @@ def parse_operations(operations):
         except ValueError as exc:
             raise AnsibleActionFail("operations[%d]: %s" % (index, exc))
     return [op.strip() if isinstance(op, str) else op for op in operations]
+
+
+def mutating_operations(operations):
+    """Requested operations that change the host, as the agent's own registry marks them."""
+    mutating = {op["name"] for op in load_default_registry(enable_mutating=True).describe() if op["mutating"]}
+    return [name for name in (protocol.parse_operation(op)[0] for op in operations) if name in mutating]
 
 
 def describe_failure(reply):
@@ -97,9 +104,15 @@ class ActionModule(ActionBase):
 
         operations = parse_operations(args["operations"])
         cluster_info = args["cluster_info"]
-        if self._task.check_mode and cluster_info and cluster_info.get("cluster_mode"):
-            result.update(skipped=True, msg="check mode: not sending cluster_info with cluster_mode (it changes the host)")
-            return result
+        if self._task.check_mode:
+            if cluster_info and cluster_info.get("cluster_mode"):
+                result.update(skipped=True, msg="check mode: not sending cluster_info with cluster_mode (it changes the host)")
+                return result
+            changing = mutating_operations(operations)
+            if changing:
+                result.update(skipped=True, msg="check mode: not sending operations that change the host: %s"
+                              % ", ".join(changing))
+                return result
 
         target = to_text(self._templar.template(task_vars.get("ansible_host") or task_vars["inventory_hostname"]))
         known_machines = args["known_machines"] or default_known_machines()

@@ -51,7 +51,9 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Operations only read, so they run in check mode; see O(cluster_info) for the exception.
+    description:
+      - Operations that only read run in check mode. Operations the agent's registry marks as
+        mutating, and a O(cluster_info) with C(cluster_mode), are not sent; the task is skipped.
   diff_mode:
     support: none
     description: Nothing on the host is compared or changed.
