@@ -26,6 +26,9 @@ MIN_SUBSCRIPTION_EVERY_S = 1.0
 # queueing without bound behind stuck ones (a timed-out thread keeps its slot until it returns).
 MAX_PENDING_OPERATIONS = 256
 RECV_BATCH = 64                 # datagrams read per wake-up before the loop looks at timers again
+# A chunked request arrives as a burst; the default ~200 KiB socket buffer overflows at a few hundred
+# datagrams. 1 MiB holds a 1 MiB request's burst (the kernel caps it at net.core.rmem_max).
+RECEIVE_BUFFER_BYTES = 1024 * 1024
 DROP_LOG_INTERVAL_S = 10.0      # at most one log line per drop reason per interval per agent
 
 
@@ -113,6 +116,7 @@ class Agent(object):
         self.subscriptions = {}         # "name" or json of {"name","args"} -> {"operation", "every", "due"}
         self._next_report = None
         self._timer = None
+        self._resend_timer = None
         self.register_internal_operations()
 
     def register_internal_operations(self):
@@ -131,6 +135,10 @@ class Agent(object):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.bind((self.settings["bind"], self.settings["port"]))
         sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        except OSError:
+            pass   # keep the default: only large requests suffer, and RESEND recovers them
         self.sock = sock
         self.address = sock.getsockname()
         self.loop.add_reader(sock, self._on_readable)
@@ -216,6 +224,8 @@ class Agent(object):
             return
         complete = self.reassembler.add(peer, packet, time.monotonic())
         if complete is None:
+            if self._resend_timer is None:
+                self._resend_timer = self.loop.call_later(protocol.RESEND_GAP_S, self._ask_for_missing_chunks)
             return
         _, flags, timestamp_ms, body = complete
         try:
@@ -376,6 +386,19 @@ class Agent(object):
 
     # --- reporting --------------------------------------------------------------------------------
 
+    def _ask_for_missing_chunks(self):
+        """While partial requests wait, ask for their missing chunks every RESEND_GAP_S."""
+        self._resend_timer = None
+        if self.sock is None:
+            return
+        mono = time.monotonic()
+        self.reassembler.expire(mono)
+        for peer, msg_id, missing in self.reassembler.missing(mono):
+            self._send(peer, protocol.RESEND, protocol.resend_payload(missing, self.settings["max_datagram"]),
+                       msg_id, cache=False)
+        if self.reassembler.pending():
+            self._resend_timer = self.loop.call_later(protocol.RESEND_GAP_S, self._ask_for_missing_chunks)
+
     def _tick(self):
         """Once a second: expire partial messages, ask for missing chunks, and send due reports."""
         self._timer = self.loop.call_later(1.0, self._tick)
@@ -384,9 +407,6 @@ class Agent(object):
         self.outbox.expire(mono)
         if self.sock is None:
             return
-        for peer, msg_id, missing in self.reassembler.missing(mono):
-            self._send(peer, protocol.RESEND, protocol.resend_payload(missing, self.settings["max_datagram"]),
-                       msg_id, cache=False)
         if self.monitor_addr is None:
             return
         due = []
