@@ -47,12 +47,13 @@ def parse_operations(operations):
     """Check each operation with the protocol's own parser, so a typo fails here with its cause."""
     if not operations:
         raise AnsibleActionFail("operations is empty: name at least one operation, e.g. ping")
+    operations = [op.strip() if isinstance(op, str) else op for op in operations]
     for index, op in enumerate(operations):
         try:
             protocol.parse_operation(op)
         except ValueError as exc:
             raise AnsibleActionFail("operations[%d]: %s" % (index, exc))
-    return [op.strip() if isinstance(op, str) else op for op in operations]
+    return operations
 
 
 def mutating_operations(operations):
@@ -126,7 +127,7 @@ class ActionModule(ActionBase):
                 port=args["port"],
                 timeout=args["timeout"],
             )
-        except MDPError as exc:
+        except (MDPError, OSError) as exc:  # e.g. an unreadable key directory, no route to the host
             raise AnsibleActionFail("mdp_send to %s: %s" % (where, to_text(exc)))
 
         reply = replies.get(target)
