@@ -8,7 +8,7 @@ N ?= 3
 OLD_PY ?= $(shell ls -d /root/.pyenv/versions/3.* 2>/dev/null | sort -V | head -n1)/bin/python3
 OLD_VENV := .venv-oldpy
 
-.PHONY: setup demo demo-stop test test-agent-oldpy lint vermin bench fleet-up fleet-down clean
+.PHONY: setup demo demo-stop demo-local demo-local-stop ansible-216 test test-agent-oldpy lint vermin bench fleet-up fleet-down clean
 
 setup: $(VENV)/.done
 
@@ -25,9 +25,16 @@ $(OLD_VENV)/.done:
 	touch $@
 
 demo: setup
-	bash scripts/demo_local.sh
+	bash scripts/demo_fleet.sh
 
 demo-stop:
+	bash scripts/demo_fleet.sh stop
+
+# The same story without root or a fleet: a monitor and three agents on loopback.
+demo-local: setup
+	bash scripts/demo_local.sh
+
+demo-local-stop:
 	bash scripts/demo_local.sh stop
 
 vermin: setup
@@ -44,6 +51,9 @@ test: setup lint test-agent-oldpy
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+ansible-216: setup
+	bash tests/ansible/collection_tests.sh 2.16
 
 fleet-up:
 	bash tests/fleet/fleet.sh up $(N)
