@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 
-import mdp_agent
 import pytest
+
+import mdp_agent
 from mdp_agent.registry import OperationError, load_default_registry
 from mdp_operations import _host, cpu, disk, filesystem, load, memory, network, process, system
 

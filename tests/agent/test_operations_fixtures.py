@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+
 from mdp_operations import _host, cpu, disk, filesystem, load, memory, network, process, system
 
 HERE = os.path.dirname(os.path.abspath(__file__))

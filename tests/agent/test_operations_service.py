@@ -11,6 +11,7 @@ import os
 import stat
 
 import pytest
+
 from mdp_operations import _host, service
 
 HERE = os.path.dirname(os.path.abspath(__file__))

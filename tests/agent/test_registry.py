@@ -4,8 +4,9 @@ loading of the operation families (including a broken one), and the legacy bare 
 import sys
 import textwrap
 
-import mdp_operations
 import pytest
+
+import mdp_operations
 from mdp_agent.registry import Operation, OperationError, Registry, load_default_registry
 from mdp_operations import inline, mutating
 

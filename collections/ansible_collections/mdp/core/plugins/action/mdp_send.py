@@ -8,6 +8,7 @@ library (mdp_controller.client.send_sync): sign, send, retry, verify the reply.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from ansible import constants as C
@@ -18,7 +19,8 @@ from ansible.plugins.action import ActionBase
 try:
     from mdp_agent import protocol
     from mdp_agent.registry import load_default_registry
-    from mdp_controller.client import MDPError, send_sync
+    from mdp_controller import cluster as mdp_cluster
+    from mdp_controller.client import MDPError, send_many, send_sync
 except ImportError as exc:  # reported when the task runs, so that ansible-doc and sanity still load us
     IMPORT_ERROR = exc
 else:
@@ -26,7 +28,7 @@ else:
 
 # Kept in step with DOCUMENTATION in plugins/modules/mdp_send.py (a unit test compares the two).
 ARGUMENT_SPEC = {
-    "operations": {"type": "list", "elements": "raw", "required": True},
+    "operations": {"type": "list", "elements": "raw", "default": []},
     "cluster_info": {"type": "dict"},
     "port": {"type": "int", "default": 12345},
     "timeout": {"type": "float", "default": 15.0},
@@ -43,10 +45,10 @@ def default_known_machines():
     return os.path.join(base, ".known_machines")
 
 
-def parse_operations(operations):
+def parse_operations(operations, cluster_info=None):
     """Check each operation with the protocol's own parser, so a typo fails here with its cause."""
-    if not operations:
-        raise AnsibleActionFail("operations is empty: name at least one operation, e.g. ping")
+    if not operations and not cluster_info:
+        raise AnsibleActionFail("operations is empty: name at least one operation, e.g. ping (or give cluster_info)")
     operations = [op.strip() if isinstance(op, str) else op for op in operations]
     for index, op in enumerate(operations):
         try:
@@ -79,6 +81,19 @@ def describe_failure(reply):
     return "failed on the agent: " + "; ".join(causes) if causes else "agent answered status false"
 
 
+def with_identities(cluster_info, known_machines, port, timeout):
+    """The seed's cluster_info plus cluster_devices: each listed machine's Syncthing identity, asked
+    for by the controller (docs/cluster.md). Machines that do not answer are left out; the agents
+    report them under missing_identities."""
+    machines = cluster_info.get("cluster_machines")
+    if not isinstance(machines, list):
+        return cluster_info   # the agent refuses it with the precise reason
+    found = asyncio.run(mdp_cluster.identities(send_many, [str(m) for m in machines],
+                                               known_machines=known_machines, port=port, timeout=timeout))
+    devices = {ip: v["device_id"] for ip, v in found.items() if "device_id" in v}
+    return dict(cluster_info, cluster_devices=devices)
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _supports_check_mode = True
@@ -103,8 +118,8 @@ class ActionModule(ActionBase):
                 % to_text(IMPORT_ERROR)
             )
 
-        operations = parse_operations(args["operations"])
         cluster_info = args["cluster_info"]
+        operations = parse_operations(args["operations"], cluster_info)
         if self._task.check_mode:
             if cluster_info and cluster_info.get("cluster_mode"):
                 result.update(skipped=True, msg="check mode: not sending cluster_info with cluster_mode (it changes the host)")
@@ -119,6 +134,8 @@ class ActionModule(ActionBase):
         known_machines = args["known_machines"] or default_known_machines()
         where = "%s:%d" % (target, args["port"])
         try:
+            if cluster_info and cluster_info.get("cluster_mode") and "cluster_devices" not in cluster_info:
+                cluster_info = with_identities(cluster_info, known_machines, args["port"], args["timeout"])
             replies = send_sync(
                 [target],
                 operations,

@@ -27,12 +27,17 @@ options:
       - Operations to run, in order. Each is a name such as V(ping) or V(load.avg), or a mapping
         with C(name) and C(args).
       - A comma-separated string is split into names, which suits ad-hoc use.
+      - May be empty when O(cluster_info) is given; at least one of the two is required.
     type: list
     elements: raw
-    required: true
+    default: []
   cluster_info:
     description:
-      - Cluster settings passed to the agent as they are (see the cluster documentation).
+      - Cluster settings passed to the agent as they are (see the cluster documentation), for example the
+        seed's message with C(cluster_machines) and C(cluster_mode) (a list of C(name=sync_folders) and C(folder)).
+      - When it has C(cluster_mode) but no C(cluster_devices), the controller first asks every machine of
+        C(cluster_machines) for its Syncthing identity (C(cluster.identity)) and adds C(cluster_devices)
+        beside the seed's fields, so the seed's message works as written.
       - In check mode a O(cluster_info) with C(cluster_mode) is not sent and the task is skipped.
     type: dict
   port:
@@ -85,6 +90,10 @@ EXAMPLES = r"""
 
 # Ad hoc, from the project root:
 #   ansible mdp_agents -m mdp_send -a 'operations=ping,memory.info'
+
+# The seed's cluster activation, as written (identities are gathered by the controller):
+#   ansible mdp_agents -m mdp_send -a '{"cluster_info": {"cluster_machines": ["192.168.33.10", "192.168.33.15"],
+#                                       "cluster_mode": [{"name": "sync_folders", "folder": "/uploaded_files"}]}}'
 """
 
 RETURN = r"""
