@@ -3,7 +3,8 @@
 The request states the whole desired cluster (machines, modes, and optionally the peers' Syncthing
 device IDs); handle() validates all of it first, then converges Syncthing to it over its REST API:
 peers as devices at static tcp://IP:22000, one Syncthing folder per synced path shared with every
-peer, and folders and peers this agent added earlier but that are no longer listed removed again.
+peer; peers this agent added that are no longer listed are removed, and folders no longer listed
+are paused and shared with nobody.
 What it learned (peer identities, folders) is kept in STATE_FILE, so a restart keeps the cluster
 and a later seed-only request (no cluster_devices) still knows the peers. docs/cluster.md has the
 message fields and the design.
@@ -356,7 +357,10 @@ class ClusterManager:
             if not fid.startswith(FOLDER_ID_PREFIX):
                 still_used.update(d["deviceID"] for d in folder.get("devices", []))
             elif fid not in wanted:
-                api.remove_folder(fid)
+                # Retired, not deleted: Syncthing deletes a removed folder's marker but keeps its
+                # index, and then refuses the folder when it is added again ("folder marker missing").
+                if not folder.get("paused") or [d["deviceID"] for d in folder.get("devices", [])] != [my_id]:
+                    api.patch_folder(fid, {"paused": True, "devices": [{"deviceID": my_id}]})
         # Peers this agent added that no folder needs any more go; devices set up by others stay.
         for device in sorted(managed - still_used):
             if device in devices:
@@ -453,7 +457,7 @@ class _Recorder(object):
 
     def __getattr__(self, name):
         method = getattr(self._api, name)
-        if not name.split("_")[0] in ("add", "patch", "remove"):
+        if name.split("_")[0] not in ("add", "patch", "remove"):
             return method
 
         def write(*args):

@@ -63,7 +63,7 @@ def test_activate_sync_status_and_leave_through_the_agents(agents):
 
     left = asyncio.run(controller.leave(None, [ips[2]], **send))
     assert left[ips[2]]["ok"] and left[ips[2]]["cluster_info"]["left"] is True
-    assert nodes[2].api.config()["folders"] == []
+    assert [f["paused"] for f in nodes[2].api.config()["folders"]] == [True]
 
 
 def test_the_seed_message_as_is_and_a_bad_one(agents):

@@ -34,9 +34,13 @@ def ansible(*args, timeout=1200):
     return result.stdout
 
 
-def cluster_play(fleet, hosts):
-    return ansible("ansible-playbook", "-i", str(fleet.inventory), "playbooks/cluster.yml",
+def cluster_play(fleet, hosts, *extra):
+    return ansible("ansible-playbook", "-i", str(fleet.inventory), "playbooks/cluster.yml", *extra,
                    "-e", f"mdp_cluster_hosts={':'.join(h.name for h in hosts)}", "-e", f"mdp_cluster_folder={FOLDER}")
+
+
+def recap(out):
+    return [line for line in out.splitlines() if line.startswith("fleet") and "changed=" in line]
 
 
 def read(host, name):
@@ -68,8 +72,12 @@ def test_the_playbook_twice_changes_nothing_the_second_time(fleet, cluster):
     out = cluster_play(fleet, cluster)
     for host in cluster:
         assert f"{host.name} " in out
-    recap = [line for line in out.splitlines() if line.startswith("fleet") and "changed=" in line]
-    assert recap and all("changed=0" in line for line in recap), out[-4000:]
+    assert recap(out) and all("changed=0" in line for line in recap(out)), out[-4000:]
+
+
+def test_check_mode_on_a_clustered_fleet_predicts_no_change(fleet, cluster):
+    out = cluster_play(fleet, cluster, "--check")
+    assert recap(out) and all("changed=0" in line and "failed=0" in line for line in recap(out)), out[-4000:]
 
 
 def test_create_change_delete_propagate_across_syncthing_versions(cluster):

@@ -179,6 +179,12 @@ def test_leave_removes_the_folder_and_peers_but_keeps_the_files(trio):
     answer = c.manager.handle({"cluster_leave": True}, c.ip)
     assert answer["left"] is True and answer["machine_mode"] == []
     config = c.api.config()
-    assert [f["id"] for f in config["folders"]] == []
+    folder = next(f for f in config["folders"] if f["id"] == folder_id(FOLDER))
+    assert folder["paused"] is True and [d["deviceID"] for d in folder["devices"]] == [c.device_id]
     assert [d["deviceID"] for d in config["devices"]] == [c.device_id]
     assert read_or_none(c.path(FOLDER, "kept.txt")) == b"kept"
+    # Joining again later works: the folder comes back with its marker and syncs.
+    activate(trio, FOLDER)
+    a.path(FOLDER, "back.txt").write_bytes(b"back")
+    wait_for(lambda: everywhere(trio, "back.txt", b"back"), CONNECT_S + SYNC_S, "the file after re-joining")
+    assert c.folder_state(FOLDER)["state"] != "error"
