@@ -9,6 +9,7 @@ import os
 import socket
 
 import pytest
+
 from mdp_agent import cluster, syncthing
 from mdp_agent.cluster import ClusterError, ClusterManager, Request, validate_folder
 

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from mdp_operations import _host, cluster
 from mdp_operations import _performance as perf
 
