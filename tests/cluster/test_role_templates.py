@@ -94,3 +94,13 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path):
     problems = [line for line in result.stderr.splitlines()
                 if "mdp-syncthing.service" in line and "Unknown" in line]
     assert not problems, result.stderr
+
+
+@pytest.mark.parametrize("release, line", [
+    ("trusty", "deb https://apt.syncthing.net/ syncthing stable"),
+    ("jammy", "deb [signed-by=/usr/share/keyrings/syncthing-archive-keyring.gpg] https://apt.syncthing.net/ "
+              "syncthing stable"),
+])
+def test_repository_line_suits_the_apt_version(release, line):
+    variables = role_vars("upstart", "0", ansible_distribution_release=release)
+    assert render("{{ mdp_cluster_repo_line }}", variables).strip() == line
