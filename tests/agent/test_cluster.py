@@ -9,6 +9,8 @@ import os
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdp_agent import cluster, syncthing
 from mdp_agent.cluster import ClusterError, ClusterManager, Request, validate_folder
@@ -205,3 +207,27 @@ def test_operations_reach_the_agents_manager(tmp_path):
         ops.identity()
     assert caught.value.code == "syncthing_unavailable"
     assert ops.identity.__doc__ and ops.status.__doc__ and ops.performance.__doc__
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=15), children, max_size=4),
+    max_leaves=20)
+cluster_like = st.fixed_dictionaries({}, optional={
+    "cluster_machines": json_values | st.lists(st.sampled_from(["192.168.33.10", "192.168.33.15", "::1", "x"])),
+    "cluster_mode": json_values | st.lists(st.fixed_dictionaries(
+        {"name": st.sampled_from(["sync_folders", "other"]) | json_values,
+         "folder": st.sampled_from(["/data", "/etc", "rel", "/"]) | json_values})),
+    "cluster_devices": json_values | st.dictionaries(st.sampled_from(["192.168.33.15", "bad"]),
+                                                     st.sampled_from([GOOD_ID, "x"]) | json_values),
+    "cluster_leave": json_values,
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, cluster_like))
+def test_any_json_is_parsed_or_refused_with_a_cluster_error(info):
+    try:
+        Request(info, "192.168.33.10")
+    except ClusterError as exc:
+        assert exc.code and exc.message
