@@ -4,6 +4,7 @@ hosts (bullseye 1.12, bookworm 1.19, trixie 1.29), files written and read over S
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,24 @@ def test_removed_host_stops_receiving_and_catches_up_when_added_back(fleet, clus
 
     cluster_play(fleet, cluster)
     wait_for(lambda: read(three, "while-out.txt") == "three was out", SYNC_S, "three to catch up")
+
+
+OPTIONS = ("python3 -c \"import json,urllib.request; k=open('/var/lib/mdp-agent/syncthing-api-key').read().strip(); "
+           "print(json.dumps(json.load(urllib.request.urlopen(urllib.request.Request("
+           "'http://127.0.0.1:8384/rest/config/options', headers={'X-API-Key': k})))))\"")
+
+
+def test_syncthing_is_lan_only_with_the_api_on_loopback(cluster):
+    for host in cluster:
+        options = json.loads(host.ssh(OPTIONS).stdout)
+        assert options["listenAddresses"] == ["tcp://0.0.0.0:22000"]
+        assert not options["globalAnnounceEnabled"] and not options["localAnnounceEnabled"]
+        assert not options["relaysEnabled"] and not options["natEnabled"]
+        assert options["urAccepted"] == -1 and not options["crashReportingEnabled"]
+        assert options["autoUpgradeIntervalH"] == 0
+        listening = host.ssh("ss -Hlntu | awk '{print $5}'").stdout.split()
+        assert "127.0.0.1:8384" in listening and not any(a.endswith(":8384") and a != "127.0.0.1:8384"
+                                                         for a in listening)
+        assert not any(a.endswith(":21027") for a in listening)      # no local discovery
+        modes = host.ssh("stat -c %a /var/lib/mdp-agent/syncthing-api-key /var/lib/mdp-syncthing/config.xml").stdout
+        assert modes.split() == ["600", "600"]
