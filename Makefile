@@ -18,10 +18,10 @@ $(VENV)/.done: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-$(OLD_VENV)/.done:
+$(OLD_VENV)/.done: tests/agent/oldpy-requirements.txt
 	$(OLD_PY) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/pip install -q 'pip<22'
-	$(OLD_VENV)/bin/pip install -q 'pytest<7.1' 'hypothesis<6.32'
+	$(OLD_VENV)/bin/pip install -q -r tests/agent/oldpy-requirements.txt
 	touch $@
 
 demo: setup
