@@ -251,8 +251,8 @@ def open_datagram(datagram, keys, direction):
     return Packet(kind, flags, index, count, msg_id, timestamp_ms, signed[HEADER_SIZE:])
 
 
-def decode_body(flags, data):
-    """A complete message's bytes -> the JSON object (a dict). Decompression is bounded."""
+def decode_text(flags, data):
+    """A complete message's bytes -> its JSON text (str). Decompression is bounded."""
     if flags & FLAG_ZLIB:
         inflater = zlib.decompressobj()
         try:
@@ -264,12 +264,25 @@ def decode_body(flags, data):
         if not inflater.eof or inflater.unused_data:
             raise ProtocolError("bad_payload", "zlib stream is incomplete or followed by extra bytes")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("bad_payload", "payload is not UTF-8 JSON: %s" % exc)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad_payload", "payload is not UTF-8: %s" % exc)
+
+
+def parse_text(text):
+    """JSON text -> the message object (a dict)."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("bad_payload", "payload is not JSON: %s" % exc)
     if not isinstance(obj, dict):
         raise ProtocolError("bad_payload", "payload must be a JSON object")
     return obj
+
+
+def decode_body(flags, data):
+    """A complete message's bytes -> the JSON object (a dict). Decompression is bounded."""
+    return parse_text(decode_text(flags, data))
 
 
 def check_payload_version(obj):
@@ -350,16 +363,23 @@ def parse_request(obj):
 class ReplayGuard(object):
     """Remembers (peer, msg_id) of recent messages, in bounded memory.
 
-    seen() answers whether a complete message was already accepted. Old ids fall out after the
-    window; when the cache is full the oldest falls out early and `floor_ms` rises to its timestamp,
-    so nothing at or below the floor is accepted again (it could be a replay we no longer remember).
+    check() answers whether a complete message was already accepted. Old ids fall out after the
+    window; when the cache is full the oldest falls out early and its peer's floor rises to its
+    timestamp, so nothing from that peer at or below the floor is accepted again (it could be a
+    replay we no longer remember). Floors are per peer: a busy fleet evicting early never makes a
+    quiet machine whose clock lags a few seconds look stale.
     """
 
     def __init__(self, window_s=DEFAULT_REPLAY_WINDOW_S, max_entries=REPLAY_CACHE_ENTRIES):
         self.window_ms = int(window_s * 1000)
         self.max_entries = max_entries
-        self.floor_ms = 0
+        self._floors = {}            # peer -> timestamp_ms at or below which it is refused
         self._seen = OrderedDict()   # (peer, msg_id) -> timestamp_ms, in arrival order
+
+    @property
+    def floor_ms(self):
+        """The highest floor of any peer (the only floor when there is one peer, as in the agent)."""
+        return max(self._floors.values()) if self._floors else 0
 
     def check(self, peer, msg_id, timestamp_ms, now_ms):
         """Raise ProtocolError for a stale or skewed timestamp; return True if this id was seen before."""
@@ -368,7 +388,7 @@ class ReplayGuard(object):
             raise error
         if (peer, msg_id) in self._seen:
             return True
-        if timestamp_ms <= self.floor_ms:
+        if timestamp_ms <= self._floors.get(peer, 0):
             raise ProtocolError("stale", "message is older than the oldest one still remembered; resend it")
         return False
 
@@ -378,10 +398,13 @@ class ReplayGuard(object):
         while self._seen:
             key, ts = next(iter(self._seen.items()))
             if len(self._seen) > self.max_entries:
-                self.floor_ms = max(self.floor_ms, ts)
+                if ts > self._floors.get(key[0], 0):
+                    self._floors[key[0]] = ts
             elif ts >= horizon:
                 break
             del self._seen[key]
+        if len(self._floors) > self.max_entries:   # floors below the window protect nothing: drop them
+            self._floors = dict((p, f) for p, f in self._floors.items() if f >= horizon)
 
     def __len__(self):
         return len(self._seen)

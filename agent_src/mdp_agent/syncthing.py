@@ -7,9 +7,6 @@ read connection and folder state. Python 3.4 standard library only (urllib).
 import base64
 import json
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 
 DEFAULT_API = "http://127.0.0.1:8384"
 DEFAULT_SYNC_PORT = 22000
@@ -95,6 +92,10 @@ class Syncthing:
 
     def request(self, method, path, body=None, query=None):
         """JSON reply of one call (None when empty); SyncthingError on any failure."""
+        # Imported here: urllib.request pulls in ssl and email (~3 MB) that only cluster mode needs.
+        import urllib.error
+        import urllib.parse
+        import urllib.request
         url = self.api_url + path
         if query:
             url += "?" + urllib.parse.urlencode(sorted(query.items()))
@@ -178,6 +179,7 @@ class Syncthing:
 
 
 def _quote(text):
+    import urllib.parse
     return urllib.parse.quote(text, safe="")
 
 

@@ -33,17 +33,46 @@ class MDPError(Exception):
     """A failure the caller should show as is."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     ip: str
     port: int
     keys: protocol.KeyPair
     msg_id: bytes
     datagrams: list[bytes]
-    future: asyncio.Future
+    batch: _Batch
+    deadline: float
+    timeout: float
+    delays: list[float]
+    attempt: int = 0
     tries: int = 0
     bad_signatures: int = 0
     partial: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+class _Batch:
+    """One send_many call: results as they come, the in-flight count, and a future for the end."""
+
+    def __init__(self, loop, total: int, progress):
+        self.loop = loop
+        self.total = total
+        self.progress = progress
+        self.results: dict[str, dict] = {}
+        self.in_flight = 0
+        self.finished = loop.create_future()
+        self.start_more = lambda: None
+
+    def finish(self, ip: str, result: dict):
+        self.results[ip] = result
+        self.in_flight -= 1
+        if self.progress:
+            self.progress(len(self.results), self.total)
+        if len(self.results) == self.total:
+            if not self.finished.done():
+                self.finished.set_result(None)
+        else:
+            self.start_more()
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -100,51 +129,66 @@ class Client:
                         port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT_S,
                         concurrency: int = DEFAULT_CONCURRENCY,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
-        """Ask every target; returns {ip: reply or {"status": False, "error": "..."}} in target order."""
+        """Ask every target; returns {ip: reply or {"status": False, "error": "..."}} in target order.
+
+        No task per machine: each request is a table entry with one loop timer driving its
+        retransmissions, and at most `concurrency` are in flight (about 100 us of CPU per machine).
+        """
         targets = list(dict.fromkeys(targets))
+        loop = asyncio.get_running_loop()
+        batch = _Batch(loop, len(targets), progress)
+        if not targets:
+            return {}
         payload = protocol.dump_json(protocol.make_request(operations, cluster_info))
-        semaphore = asyncio.Semaphore(max(1, concurrency))
-        done = 0
-        results: dict[str, dict] = {}
+        waiting = iter(targets)
 
-        async def one(ip: str):
-            nonlocal done
-            async with semaphore:
-                results[ip] = await self._request(ip, port, payload, timeout)
-            done += 1
-            if progress:
-                progress(done, len(targets))
+        def start_more():
+            while batch.in_flight < max(1, concurrency):
+                ip = next(waiting, None)
+                if ip is None:
+                    return
+                batch.in_flight += 1
+                self._start(batch, ip, port, payload, timeout)
 
-        await asyncio.gather(*(one(ip) for ip in targets))
-        return {ip: results[ip] for ip in targets}
+        batch.start_more = start_more
+        start_more()
+        await batch.finished
+        return {ip: batch.results[ip] for ip in targets}
 
-    async def _request(self, ip: str, port: int, payload: bytes, timeout: float) -> dict:
+    def _start(self, batch: _Batch, ip: str, port: int, payload: bytes, timeout: float):
         try:
             keys = self.keystore.get(ip)
         except KeyStoreError as exc:
-            return {"status": False, "error": str(exc)}
-        loop = asyncio.get_running_loop()
+            batch.finish(ip, {"status": False, "error": str(exc)})
+            return
         msg_id = protocol.new_msg_id()
         datagrams = protocol.encode_message(protocol.REQUEST, payload, keys.to_agent, msg_id,
                                             int(time.time() * 1000), self.max_datagram)
-        pending = _Pending(ip, port, keys, msg_id, datagrams, loop.create_future())
+        now = batch.loop.time()
+        pending = _Pending(ip, port, keys, msg_id, datagrams, batch, now + timeout, timeout,
+                           protocol.retransmit_delays(self.rng))
         self._pending[msg_id] = pending
-        deadline = loop.time() + timeout
-        try:
-            for wait in protocol.retransmit_delays(self.rng):
-                wait = min(wait, deadline - loop.time())
-                if wait <= 0:
-                    break
-                if not pending.partial:   # a partial reply is completed by RESENDs, not by asking again
-                    pending.tries += 1
-                    self._sendto(pending.datagrams, (ip, port))
-                try:
-                    return await asyncio.wait_for(asyncio.shield(pending.future), wait)
-                except asyncio.TimeoutError:
-                    continue
-            return {"status": False, "error": self._timeout_message(pending, timeout)}
-        finally:
-            del self._pending[msg_id]
+        self._transmit(pending)
+
+    def _transmit(self, pending: _Pending):
+        """Send (or, for a partial reply, let RESENDs work) and arm the next retransmission."""
+        now = pending.batch.loop.time()
+        if now >= pending.deadline or pending.attempt >= len(pending.delays):
+            self._finish(pending, {"status": False, "error": self._timeout_message(pending, pending.timeout)})
+            return
+        if not pending.partial:   # a partial reply is completed by RESENDs, not by asking again
+            pending.tries += 1
+            self._sendto(pending.datagrams, (pending.ip, pending.port))
+        wake = min(now + pending.delays[pending.attempt], pending.deadline)
+        pending.attempt += 1
+        pending.timer = pending.batch.loop.call_at(wake, self._transmit, pending)
+
+    def _finish(self, pending: _Pending, result: dict):
+        if self._pending.pop(pending.msg_id, None) is None:
+            return   # already finished
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.batch.finish(pending.ip, result)
 
     @staticmethod
     def _timeout_message(p: _Pending, timeout: float) -> str:
@@ -188,14 +232,14 @@ class Client:
             return
         pending.partial = packet.count > 1
         complete = self._reassembler.add(pending.ip, packet, time.monotonic())
-        if complete is None or pending.future.done():
+        if complete is None:
             return
         _, flags, _, body = complete
         try:
             reply = protocol.decode_body(flags, body)
         except protocol.ProtocolError as exc:
             reply = {"status": False, "error": f"bad reply from {pending.ip}: {exc.message}"}
-        pending.future.set_result(_normalise_reply(pending.ip, reply))
+        self._finish(pending, _normalise_reply(pending.ip, reply))
 
     async def _ask_for_missing_chunks(self):
         """Every RESEND_GAP_S: ask agents for the chunks of replies that stopped short."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+import socket
 import time
 
 from mdp_agent import protocol
@@ -25,6 +26,7 @@ FLUSH_BATCH = 5000             # or as soon as this many are waiting
 # Keys offered by strangers and waiting for `mdp keys accept`. Anyone can send a HELLO from any
 # (forged) address; past this many, new offers are refused until the operator clears pending/.
 MAX_PENDING_KEYS = 256
+RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
 
 
 class Collector(asyncio.DatagramProtocol):
@@ -108,12 +110,13 @@ class Collector(asyncio.DatagramProtocol):
                 self._drop(ip, "duplicate")
                 return
             self.guard.remember(ip, packet.msg_id, timestamp_ms, _now_ms())
-            report = protocol.decode_body(flags, body)
+            text = protocol.decode_text(flags, body)
+            report = protocol.parse_text(text)
             protocol.check_payload_version(report)
         except protocol.ProtocolError as exc:
             self._drop(ip, exc.code, exc.message)
             return
-        self.store.add(ip, report)
+        self.store.add(ip, report, text=text)
         self.stats["reports"] += 1
         self._send(addr, protocol.ACK, {"ack": "report"}, keys, packet.msg_id)
 
@@ -210,8 +213,16 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
     """Run the collector until cancelled."""
     store = ReportStore(db)
     loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET, socket.SOCK_DGRAM)
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        try:   # a fleet reporting at once arrives as a burst; the default ~200 KiB drops it
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER_BYTES)
+            break
+        except (OSError, TypeError):
+            continue
+    sock.bind(listen)
     transport, collector = await loop.create_datagram_endpoint(
-        lambda: Collector(keystore, store, accept_new), local_addr=listen)
+        lambda: Collector(keystore, store, accept_new), sock=sock)
     log.info("monitor listening on %s:%d (udp), keys in %s, db %s%s", listen[0], listen[1], keystore.path, db,
              ", accepting new keys on first use" if accept_new else "")
     if ready:

@@ -47,13 +47,14 @@ class ReportStore:
     def __init__(self, path: str | Path):
         self.path = path
         self.conn = connect(path)
-        self.buffer: list[tuple[str, float, dict]] = []
+        self.buffer: list[tuple[str, float, dict, str | None]] = []
         self.dropped = 0
         self.stored = 0
         self.last_error: str | None = None
 
-    def add(self, ip: str, report: dict, received_at: float | None = None):
-        self.buffer.append((ip, received_at or time.time(), report))
+    def add(self, ip: str, report: dict, received_at: float | None = None, text: str | None = None):
+        """Queue a report; text is its JSON as received (stored as is, not encoded again)."""
+        self.buffer.append((ip, received_at or time.time(), report, text))
         if len(self.buffer) > self.MAX_BUFFERED:
             del self.buffer[0]
             self.dropped += 1
@@ -71,22 +72,23 @@ class ReportStore:
         if not self.buffer:
             return 0
         batch = self.buffer
-        reports, latest, machines = [], {}, {}
-        for ip, received_at, report in batch:
+        reports, newest, machines = [], {}, {}
+        for ip, received_at, report, text in batch:
             status = 1 if report.get("status") else 0
-            reports.append((ip, received_at, report.get("reported_at"), status, json.dumps(report)))
+            reports.append((ip, received_at, report.get("reported_at"), status, text or json.dumps(report)))
             for item in report.get("operations") or []:
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    result = json.dumps(item["result"]) if "result" in item else None
-                    error = json.dumps(item["error"]) if "error" in item else None
-                    latest[(ip, item["name"])] = (ip, item["name"], received_at, result, error)
+                    newest[(ip, item["name"])] = (received_at, item)   # only the newest is encoded
             count = machines.get(ip, (0, 0, 0))[0] + 1
             machines[ip] = (count, received_at, status)
+        latest = [(ip, name, at, json.dumps(item["result"]) if "result" in item else None,
+                   json.dumps(item["error"]) if "error" in item else None)
+                  for (ip, name), (at, item) in newest.items()]
         try:
             with self.conn:
                 self.conn.executemany(
                     "INSERT INTO reports (ip, received_at, reported_at, status, body) VALUES (?,?,?,?,?)", reports)
-                self.conn.executemany("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?)", latest.values())
+                self.conn.executemany("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?)", latest)
                 self.conn.executemany(
                     "INSERT INTO machines (ip, first_seen, last_seen, reports, last_status) VALUES (?,?,?,?,?) "
                     "ON CONFLICT(ip) DO UPDATE SET last_seen=excluded.last_seen, "

@@ -577,6 +577,20 @@ def test_a_full_cache_stays_bounded_and_raises_the_floor():
     assert guard.check(PEER, b"brand-nu", NOW_MS + 15, NOW_MS) is False
 
 
+def test_floors_are_per_peer_so_a_busy_peer_never_makes_a_lagging_one_stale():
+    """The collector hears thousands of machines: one machine's evictions must not refuse another
+    machine whose clock runs a few seconds behind (but well inside the window)."""
+    guard = p.ReplayGuard(max_entries=10)
+    for n in range(25):
+        guard.remember(("10.0.0.1", 1), b"%08d" % n, NOW_MS + 5000 + n, NOW_MS)
+    assert guard.floor_ms == NOW_MS + 5014
+    lagging = ("10.0.0.2", 1)
+    assert guard.check(lagging, b"lagging!", NOW_MS - 6000, NOW_MS) is False
+    with pytest.raises(p.ProtocolError) as info:
+        guard.check(("10.0.0.1", 1), b"brand-nu", NOW_MS + 5014, NOW_MS)
+    assert info.value.code == "stale"
+
+
 @settings(max_examples=100, deadline=None)
 @given(data=st.data(), max_entries=st.integers(1, 6))
 def test_no_message_is_ever_accepted_twice(data, max_entries):
