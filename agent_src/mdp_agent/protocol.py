@@ -72,7 +72,7 @@ COMPRESS_MIN_BYTES = 256
 DEFAULT_REPLAY_WINDOW_S = 60.0
 # Seen message ids kept for duplicate detection. At 10,000 messages/s the window holds more than
 # this; when full, the oldest id is forgotten and the window's lower edge moves up to its timestamp,
-# so anything older is refused as stale rather than risking a replay: memory stays ~10 MB at most.
+# so anything older is refused as stale rather than risking a replay: ~20 MB at most (measured).
 REPLAY_CACHE_ENTRIES = 100000
 # Reassembly: partial messages per peer, bytes per peer and overall, and how long a partial message
 # may wait for its next chunk before it is dropped (bounded memory whatever a peer sends).
@@ -85,6 +85,9 @@ CHUNK_COST = 100
 REASSEMBLY_BYTES_PER_PEER = MAX_MESSAGE_BYTES + CHUNK_COST * (MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1)
 # Sent messages kept to answer duplicates and RESENDs: bytes overall, and for how long.
 OUTBOX_BYTES = 16 * 1024 * 1024
+# What each kept message costs beyond its datagrams' bytes (dict entry, key and value tuples, list,
+# bytes headers), counted so that OUTBOX_BYTES bounds real memory even for tiny replies.
+OUTBOX_ENTRY_COST = 400
 OUTBOX_TTL_S = 2 * DEFAULT_REPLAY_WINDOW_S
 MAX_RESEND_INDICES = 4096       # indices one RESEND may ask for
 
@@ -518,7 +521,7 @@ class Outbox(object):
         if key in self._items:
             self._remove(key)
         self._items[key] = (now, datagrams)
-        self.size += sum(len(d) for d in datagrams)
+        self.size += _outbox_cost(datagrams)
         self.expire(now)
 
     def get(self, peer, msg_id):
@@ -534,10 +537,14 @@ class Outbox(object):
 
     def _remove(self, key):
         _, datagrams = self._items.pop(key)
-        self.size -= sum(len(d) for d in datagrams)
+        self.size -= _outbox_cost(datagrams)
 
     def __len__(self):
         return len(self._items)
+
+
+def _outbox_cost(datagrams):
+    return OUTBOX_ENTRY_COST + sum(len(d) for d in datagrams)
 
 
 def resend_payload(indices, max_datagram=DEFAULT_MAX_DATAGRAM):

@@ -649,19 +649,21 @@ def test_the_full_replay_cache_fits_its_memory_claim():
 # --- Outbox ---------------------------------------------------------------------------------------
 
 def test_outbox_is_bounded_in_bytes_oldest_first():
-    outbox = p.Outbox(max_bytes=1000, ttl_s=60)
+    entry = 300 + p.OUTBOX_ENTRY_COST   # two 150-byte datagrams plus the bookkeeping they cost
+    outbox = p.Outbox(max_bytes=3 * entry + 1, ttl_s=60)
     for n in range(5):
         outbox.put(PEER, b"%08d" % n, [b"a" * 150, b"b" * 150], float(n))
-        assert outbox.size <= 1000
+        assert outbox.size <= 3 * entry + 1
     assert [outbox.get(PEER, b"%08d" % n) is not None for n in range(5)] == [False, False, True, True, True]
-    assert outbox.size == 900 and len(outbox) == 3
+    assert outbox.size == 3 * entry and len(outbox) == 3
 
 
 def test_outbox_replaces_an_entry_without_counting_it_twice():
-    outbox = p.Outbox(max_bytes=1000, ttl_s=60)
+    outbox = p.Outbox(max_bytes=2000, ttl_s=60)
     outbox.put(PEER, b"same-id!", [b"x" * 400], 0.0)
     outbox.put(PEER, b"same-id!", [b"y" * 300], 1.0)
-    assert (outbox.size, len(outbox), outbox.get(PEER, b"same-id!")) == (300, 1, [b"y" * 300])
+    assert (outbox.size, len(outbox), outbox.get(PEER, b"same-id!")) == (
+        300 + p.OUTBOX_ENTRY_COST, 1, [b"y" * 300])
 
 
 def test_outbox_does_not_keep_a_message_larger_than_itself():
@@ -678,7 +680,7 @@ def test_outbox_entries_expire_after_the_ttl():
     assert outbox.get(PEER, b"aged-one") == [b"x"]
     outbox.expire(100.0 + p.OUTBOX_TTL_S + 0.01)
     assert outbox.get(PEER, b"aged-one") is None and outbox.get(PEER, b"young-1!") == [b"x"]
-    assert outbox.size == 1
+    assert outbox.size == 1 + p.OUTBOX_ENTRY_COST
 
 
 # --- RESEND payloads ------------------------------------------------------------------------------
