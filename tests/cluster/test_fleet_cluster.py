@@ -150,3 +150,22 @@ def test_syncthing_is_lan_only_with_the_api_on_loopback(cluster):
         assert not any(a.endswith(":21027") for a in listening)      # no local discovery
         modes = host.ssh("stat -c %a /var/lib/mdp-agent/syncthing-api-key /var/lib/mdp-syncthing/config.xml").stdout
         assert modes.split() == ["600", "600"]
+
+
+def test_the_seeds_message_as_written_through_ansible_ad_hoc(fleet, cluster):
+    """`ansible ... -m mdp_send -a '{"cluster_info": <the seed's message>}'`: no identities in it,
+    no operations; the action plugin gathers the identities and every machine answers the seed's
+    shape. Runs last: it makes FOLDER the cluster's folder again, as the module fixture left it."""
+    seed = {"cluster_machines": [h.ip for h in cluster],
+            "cluster_mode": [{"name": "sync_folders", "folder": FOLDER}]}
+    out = ansible("ansible", "-i", str(fleet.inventory), ",".join(h.name for h in cluster), "-o",
+                  "-m", "mdp_send", "-a", json.dumps({"cluster_info": seed}))
+    for host in cluster:
+        line = next(line for line in out.splitlines() if line.startswith(f"{host.name} |"))
+        answer = json.loads(line.split("=>", 1)[1])["cluster_info"]
+        assert answer["cluster_machines"] == host.ip
+        assert [m["name"] for m in answer["machine_mode"]] == ["sync_folders"]
+        assert 1 <= answer["machine_mode"][0]["performance"] <= 9
+        assert answer["missing_identities"] == []
+    write(cluster[1], "seed.txt", "written after the seed message")
+    wait_for(lambda: everywhere(cluster, "seed.txt", "written after the seed message"), SYNC_S, "seed.txt on every host")
