@@ -208,6 +208,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _SocketSender:
+    """The one transport method the Collector uses, on a plain non-blocking socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def sendto(self, data: bytes, addr):
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:   # a full buffer or an unreachable agent: an ACK is never worth stopping for
+            pass
+
+
+RECV_BATCH = 256   # datagrams read per wake-up: asyncio's datagram transport reads one per select()
+
+
 async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new: bool = False,
                 ready: asyncio.Event | None = None):
     """Run the collector until cancelled."""
@@ -221,8 +237,21 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
         except (OSError, TypeError):
             continue
     sock.bind(listen)
-    transport, collector = await loop.create_datagram_endpoint(
-        lambda: Collector(keystore, store, accept_new), sock=sock)
+    sock.setblocking(False)
+    collector = Collector(keystore, store, accept_new)
+    collector.connection_made(_SocketSender(sock))
+
+    def readable():
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = sock.recvfrom(protocol.MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            collector.datagram_received(data, addr)
+
+    loop.add_reader(sock.fileno(), readable)
     log.info("monitor listening on %s:%d (udp), keys in %s, db %s%s", listen[0], listen[1], keystore.path, db,
              ", accepting new keys on first use" if accept_new else "")
     if ready:
@@ -230,5 +259,6 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
     try:
         await collector.run_flusher()
     finally:
-        transport.close()
+        loop.remove_reader(sock.fileno())
+        sock.close()
         store.close()

@@ -38,6 +38,7 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else default_path()
         self._cache: dict[str, tuple[float, protocol.KeyPair]] = {}
+        self._paths: dict[str, Path] = {}   # ip as given -> its trusted key file
 
     def file(self, ip: str, state: str = "trusted") -> Path:
         ip = normalise_ip(ip)
@@ -45,8 +46,16 @@ class KeyStore:
         return base / f"{ip}.txt"
 
     def get(self, ip: str) -> protocol.KeyPair:
-        """The trusted key for ip (cached until the file changes); KeyStoreError naming the cause."""
-        path = self.file(ip)
+        """The trusted key for ip (cached until the file changes); KeyStoreError naming the cause.
+
+        The file is stat'ed on every call, so a revoked or replaced key counts at once; only the
+        address parsing is cached (the collector asks once per datagram).
+        """
+        path = self._paths.get(ip)
+        if path is None:
+            path = self._paths[ip] = self.file(ip)
+            if len(self._paths) > 100_000:   # bounded: addresses come from datagrams
+                self._paths.clear()
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -78,8 +87,12 @@ class KeyStore:
         ensure_private_dir(str(self.path))
         ensure_private_dir(str(path.parent))
         write_private_file(str(path), key_text.strip() + "\n")
-        self._cache.pop(normalise_ip(ip), None)
+        self._forget(ip)
         return path
+
+    def _forget(self, ip: str):
+        for name in (ip, normalise_ip(ip)):
+            self._cache.pop(name, None)
 
     def list(self) -> list[dict]:
         """Every key file: [{"ip", "state", "path"}] sorted by state then address."""
@@ -122,5 +135,5 @@ class KeyStore:
             raise KeyStoreError(f"no key for {ip} in {self.path}")
         path = self.put(ip, text, state="rejected")
         self.file(ip).unlink()
-        self._cache.pop(normalise_ip(ip), None)
+        self._forget(ip)
         return path

@@ -223,6 +223,7 @@ class Monitor(Process):
             conn.close()
 
     def report_count(self, ip: str, since: float = 0.0, containing: str | None = None) -> int:
+        """Reports from ip after since; containing: text in the body as stored (the compact JSON received)."""
         sql = "SELECT COUNT(*) FROM reports WHERE ip = ? AND received_at > ?"
         params = [ip, since]
         if containing is not None:

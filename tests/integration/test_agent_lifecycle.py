@@ -141,6 +141,6 @@ def test_the_agent_serves_reports_and_stops_on_the_oldest_python(spawn_agent, sp
                            {"name": "report.subscribe", "args": {"operations": ["process.count"], "every": 1}}])
     assert reply["status"], [op for op in reply["operations"] if "error" in op]
     assert reply["operations"][8]["result"]["python"] == OLDEST_PYTHON.split("/")[-3]   # e.g. 3.6.15
-    wait_for(lambda: monitor.report_count(agent.ip, containing='"name": "process.count"') >= 1,
+    wait_for(lambda: monitor.report_count(agent.ip, containing='"name":"process.count"') >= 1,
              "a report with the subscribed operation")
     assert agent.stop(timeout=5) == 0

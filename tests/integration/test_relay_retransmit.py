@@ -124,7 +124,7 @@ def test_chunked_reports_reach_the_monitor_through_loss(spawn_agent, spawn_monit
     loss = Impairment(drop=0.2, reorder=0.2)
     with LossyRelay((RELAY_IP, port), (monitor.address.split(":")[0], port), up=loss, down=loss, seed=5) as relay:
         agent.result({"name": "report.subscribe", "args": {"operations": ["get_available_methods"], "every": 1}})
-        wait_for(lambda: monitor.report_count(RELAY_IP, containing='"name": "get_available_methods"') >= 3,
+        wait_for(lambda: monitor.report_count(RELAY_IP, containing='"name":"get_available_methods"') >= 3,
                  "three chunked reports", timeout=20)
     assert relay.stats["up"].dropped and relay.stats["down"].kinds[protocol.RESEND] >= 1
     [row] = monitor.query("SELECT result FROM latest WHERE ip = ? AND name = 'get_available_methods'", RELAY_IP)

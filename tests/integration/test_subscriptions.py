@@ -12,7 +12,7 @@ TOP = {"name": "process.top", "args": {"n": 2}}
 
 
 def subscribed_reports(monitor, ip, since=0.0):
-    return monitor.report_count(ip, since=since, containing='"name": "process.count"')
+    return monitor.report_count(ip, since=since, containing='"name":"process.count"')
 
 
 def last_reports(monitor, ip, n):
