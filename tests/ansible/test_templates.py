@@ -14,40 +14,26 @@ import subprocess
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader
-from ansible.template import Templar
 from mdp_ansible import REPO
+from role_render import render as render_in
+from role_render import render_template, template_task
+from role_render import role_vars as vars_of
 
 ROLE = REPO / "roles" / "mdp_agent"
-init_plugin_loader()  # lookups and filters, as ansible-playbook loads them
 
 
 def role_vars(service_mgr: str, **overrides) -> dict:
-    """The role's defaults and vars for one fake host, as a play would see them."""
-    variables = {
-        "role_path": str(ROLE),
-        "inventory_hostname": "legacy1",
-        "ansible_host": "192.168.33.20",
-        "ansible_service_mgr": service_mgr,
-        "ansible_managed": "Ansible managed",
-        "ansible_config_file": str(REPO / "ansible.cfg"),
-    }
-    for name in ("defaults", "vars"):
-        variables.update(yaml.safe_load((ROLE / name / "main.yml").read_text()))
-    variables.update(overrides)
-    return variables
+    """The mdp_agent role's variables for one fake host whose service manager is service_mgr."""
+    return vars_of("mdp_agent", {"ansible_host": "192.168.33.20", "ansible_service_mgr": service_mgr,
+                                 "ansible_config_file": str(REPO / "ansible.cfg")}, **overrides)
 
 
 def render(text: str, variables: dict):
-    loader = DataLoader()
-    loader.set_basedir(str(ROLE))
-    return Templar(loader=loader, variables=variables).template(text)
+    return render_in("mdp_agent", text, variables)
 
 
 def service_task() -> dict:
-    tasks = yaml.safe_load((ROLE / "tasks" / "service.yml").read_text())
-    return next(t for t in tasks if "ansible.builtin.template" in t)["ansible.builtin.template"]
+    return template_task("mdp_agent", "service.yml")
 
 
 @pytest.mark.parametrize("manager, template, dest", [
@@ -71,7 +57,7 @@ def test_unsupported_init_system_fails_with_its_name():
 
 
 def test_upstart_job_respawns_the_agent_with_its_code_and_config():
-    job = render((ROLE / "templates" / "mdp-agent.upstart.j2").read_text(), role_vars("upstart"))
+    job = render_template("mdp_agent", "mdp-agent.upstart.j2", role_vars("upstart"))
     lines = [line.strip() for line in job.splitlines()]
     assert "# Ansible managed" in lines
     assert "respawn" in lines and "respawn limit 10 5" in lines
@@ -84,7 +70,7 @@ def test_upstart_job_respawns_the_agent_with_its_code_and_config():
 
 
 def test_systemd_unit_is_hardened_and_restarts():
-    unit = render((ROLE / "templates" / "mdp-agent.service.j2").read_text(),
+    unit = render_template("mdp_agent", "mdp-agent.service.j2",
                   role_vars("systemd", mdp_agent_systemd_read_write_paths=["/srv/sync"]))
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str
@@ -103,7 +89,7 @@ def test_systemd_unit_is_hardened_and_restarts():
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_unit_passes_systemd_analyze(tmp_path):
     unit = tmp_path / "mdp-agent.service"
-    unit.write_text(render((ROLE / "templates" / "mdp-agent.service.j2").read_text(), role_vars("systemd")))
+    unit.write_text(render_template("mdp_agent", "mdp-agent.service.j2", role_vars("systemd")))
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                             timeout=60)
     # Only complaints about this unit count; a container without systemd as PID 1 adds unrelated noise.
@@ -112,7 +98,7 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path):
 
 
 def test_agent_config_is_what_the_agent_parses():
-    conf = render((ROLE / "templates" / "agent.conf.j2").read_text(),
+    conf = render_template("mdp_agent", "agent.conf.j2",
                   role_vars("systemd", mdp_agent_monitor_address="10.0.0.1", mdp_agent_allow=["system.*", "load.*"],
                             mdp_agent_extra_config={"cluster_dir": "/srv/sync"}))
     parser = configparser.ConfigParser(interpolation=None)

@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/role_render.py
 
 import harness  # noqa: E402
 from mdp_fleet import fleet  # noqa: E402,F401  (the session-scoped booted test fleet)

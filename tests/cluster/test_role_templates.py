@@ -10,37 +10,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader
-from ansible.template import Templar
+from role_render import ROLES, render_template, template_task
+from role_render import render as render_in
+from role_render import role_vars as vars_of
 
-ROLE = Path(__file__).resolve().parents[2] / "roles" / "mdp_cluster"
-init_plugin_loader()
+ROLE = ROLES / "mdp_cluster"
 
 
 def role_vars(service_mgr: str, version: str, **overrides) -> dict:
-    variables = {"role_path": str(ROLE), "inventory_hostname": "legacy1", "ansible_distribution": "Ubuntu",
-                 "ansible_service_mgr": service_mgr, "ansible_managed": "Ansible managed",
-                 "mdp_cluster_version": version}
-    for name in ("defaults", "vars"):
-        variables.update(yaml.safe_load((ROLE / name / "main.yml").read_text()))
-    variables.update(overrides)
-    return variables
+    """The mdp_cluster role's variables for a fake Ubuntu host with this service manager and Syncthing."""
+    return vars_of("mdp_cluster", {"ansible_distribution": "Ubuntu", "ansible_service_mgr": service_mgr,
+                                   "mdp_cluster_version": version}, **overrides)
 
 
 def render(text: str, variables: dict):
-    loader = DataLoader()
-    loader.set_basedir(str(ROLE))
-    return Templar(loader=loader, variables=variables).template(text)
+    return render_in("mdp_cluster", text, variables)
 
 
 def unit_task() -> dict:
-    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
-    return next(t for t in tasks if "ansible.builtin.template" in t)["ansible.builtin.template"]
+    return template_task("mdp_cluster", "main.yml")
 
 
 @pytest.mark.parametrize("manager, template, dest", [
@@ -64,14 +54,14 @@ def test_command_line_form_follows_the_version(version, args):
 
 def test_upstart_job_for_ubuntu_14_04():
     variables = role_vars("upstart", "1.27.0")
-    text = render((ROLE / "templates" / "mdp-syncthing.upstart.j2").read_text(), variables)
+    text = render_template("mdp_cluster", "mdp-syncthing.upstart.j2", variables)
     lines = [line.strip() for line in text.splitlines()]
     assert "respawn" in lines
     assert "start on (local-filesystems and net-device-up IFACE!=lo)" in lines
     assert "env STNOUPGRADE=1" in lines and "env STNODEFAULTFOLDER=1" in lines
     assert "exec /usr/bin/syncthing serve --home=/var/lib/mdp-syncthing --no-browser --no-restart" in lines
     assert not any(line.startswith("setuid") for line in lines)       # root by default
-    dedicated = render((ROLE / "templates" / "mdp-syncthing.upstart.j2").read_text(),
+    dedicated = render_template("mdp_cluster", "mdp-syncthing.upstart.j2",
                        role_vars("upstart", "1.27.0", mdp_cluster_user="mdpsync"))
     assert "setuid mdpsync" in dedicated
 
@@ -83,7 +73,7 @@ def test_ubuntu_uses_syncthings_repository_and_debian_its_own_package():
 
 
 def test_systemd_unit_passes_systemd_analyze(tmp_path):
-    text = render((ROLE / "templates" / "mdp-syncthing.service.j2").read_text(), role_vars("systemd", "1.19.2"))
+    text = render_template("mdp_cluster", "mdp-syncthing.service.j2", role_vars("systemd", "1.19.2"))
     assert "ExecStart=/usr/bin/syncthing serve --home=/var/lib/mdp-syncthing --no-browser --no-restart" in text
     assert "ProtectSystem=full" in text and "NoNewPrivileges=yes" in text
     if not shutil.which("systemd-analyze"):
