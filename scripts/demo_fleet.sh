@@ -10,9 +10,7 @@ INVENTORY=inventories/fleet
 DB=/var/lib/mdp-monitor/mdp.db
 
 if [ "${1:-}" = stop ]; then
-  start-stop-daemon --stop --quiet --oknodo --pidfile /run/mdp-monitor.pid --retry 5 2>/dev/null || true
-  systemctl stop mdp-monitor 2>/dev/null || true
-  bash tests/fleet/fleet.sh down
+  bash tests/fleet/fleet.sh down   # also stops the monitor deploy.yml started on the bridge address
   exit 0
 fi
 

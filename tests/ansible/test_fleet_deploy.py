@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 
 import ansible_runner
@@ -43,12 +42,8 @@ def deployed(fleet, tmp_path_factory):
         quiet=True,
         timeout=1200,
     )
+    # The monitor deploy.yml started here stops with the fleet (fleet.sh down), whoever booted it.
     yield fleet, result
-    if fleet.booted:
-        # The fleet goes down with this session; a supervised monitor (no systemd here) would keep
-        # restarting against a vanished bridge address.
-        subprocess.run(["start-stop-daemon", "--stop", "--oknodo", "--retry", "TERM/10/KILL/5",
-                        "--pidfile", "/run/mdp-monitor.pid"], capture_output=True, timeout=60)
 
 
 def test_runner_deploy_succeeds_with_stats_and_events(deployed):

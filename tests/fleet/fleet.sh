@@ -475,10 +475,23 @@ cmd_up() {
     say "ssh: bash tests/fleet/fleet.sh ssh INDEX [CMD]   proxy: http://$BRIDGE_IP:$PROXY_PORT"
 }
 
+# deploy.yml's monitor play, on a machine whose PID 1 is not systemd (like this one), leaves
+# `mdp monitor` under start-stop-daemon listening on this fleet's bridge address: it goes down with
+# the fleet. A monitor listening anywhere else is not ours and is left alone.
+stop_fleet_monitor() {
+    local pidfile=/run/mdp-monitor.pid pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    pgrep -P "$pid" -f "mdp monitor --listen $BRIDGE_IP:" >/dev/null 2>&1 || return 0
+    say "stopping the mdp monitor that listens on $BRIDGE_IP"
+    start-stop-daemon --stop --quiet --oknodo --retry TERM/10/KILL/5 --pidfile "$pidfile" || true
+}
+
 cmd_down() {
     local i start=$SECONDS
     need_root
     take_lock
+    stop_fleet_monitor
     # shellcheck disable=SC2046
     stop_hosts $(known_indexes)
     stop_proxy
