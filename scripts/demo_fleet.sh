@@ -36,8 +36,10 @@ ansible -i "$INVENTORY" mdp_agents -o -m mdp_send -a 'operations=system.uptime'
 
 echo; echo "== 4/4 the agents report every 5 s to the monitor on this machine"
 deadline=$((SECONDS + 60))
-until [ "$(mdp status --db "$DB" --json 2>/dev/null | python3 -c \
-  'import json,sys; print(sum(1 for m in json.load(sys.stdin) if m["reports"]))' 2>/dev/null)" = 3 ]; do
+since=$(date +%s)   # the database may hold reports from an earlier run: wait for fresh ones
+until [ "$(mdp status --db "$DB" --json 2>/dev/null | SINCE=$since python3 -c \
+  'import json,os,sys; print(sum(1 for m in json.load(sys.stdin) if (m["last_seen"] or 0) > int(os.environ["SINCE"])))' \
+  2>/dev/null)" = 3 ]; do
   [ "$SECONDS" -lt "$deadline" ] || { echo "demo: no reports from all 3 agents within 60 s" >&2; exit 1; }
   sleep 1
 done
