@@ -41,7 +41,6 @@ from mdp_agent import protocol  # noqa: E402
 MONITOR_BLOCK = 59         # monitor on 127.10.59.1
 SOURCE_BLOCK = 60          # sources on 127.10.60.1 upwards
 TARGET_PER_S = 20000
-ACK_ID = slice(protocol.HEADER_SIZE - 16, protocol.HEADER_SIZE - 8)   # msg_id inside the header
 DEFAULT_REPORT_OPERATIONS = ("system.uptime", "load.avg", "memory.info", "filesystem.usage")
 
 
@@ -131,7 +130,7 @@ def via_monitor(tmp: Path, ips: list[str], reports: list, window: int, out) -> d
                         data = sock.recv(2048)
                     except BlockingIOError:
                         break
-                    msg_id = data[ACK_ID]
+                    msg_id = protocol.peek_msg_id(data)
                     if msg_id in unacked:
                         unacked.discard(msg_id)
                         acked += 1

@@ -233,6 +233,14 @@ def peek_version(datagram):
     return None
 
 
+MSG_ID = slice(10, 18)   # where msg_id sits in the header (after magic, version, kind, flags, reserved, chunks)
+
+
+def peek_msg_id(datagram):
+    """The header's msg_id, unverified: only for choosing which key to verify with, or what to answer."""
+    return datagram[MSG_ID] if len(datagram) >= OVERHEAD else None
+
+
 def open_datagram(datagram, keys, direction):
     """Verify one datagram and return its Packet. Raises ProtocolError; nothing is parsed before the MAC.
 

@@ -14,6 +14,7 @@ import threading
 import time
 
 from . import protocol
+from .config import parse_hostport
 from .keyfile import write_private_file
 from .registry import OperationError
 
@@ -150,7 +151,6 @@ class Agent(object):
         """(Re)read the monitor and interval settings; called at start and on SIGHUP."""
         self.monitor_addr = None
         if self.settings["monitor"]:
-            from .config import parse_hostport
             host, port = parse_hostport(self.settings["monitor"])
             try:
                 info = socket.getaddrinfo(host, port, self.sock.family, socket.SOCK_DGRAM)
@@ -192,8 +192,7 @@ class Agent(object):
             self._count_drop(exc.code, peer)
             if exc.code == "unsupported_version":
                 # Signed by our key, so a peer that matters: tell it (unchunked, not cached).
-                msg_id = data[protocol.HEADER_SIZE - 16:protocol.HEADER_SIZE - 8]
-                self._send(peer, protocol.REPLY, protocol.error_reply(exc), msg_id)
+                self._send(peer, protocol.REPLY, protocol.error_reply(exc), protocol.peek_msg_id(data))
             return
         if packet.kind == protocol.RESEND:
             self._handle_resend(peer, packet)
@@ -400,10 +399,9 @@ class Agent(object):
             self._resend_timer = self.loop.call_later(protocol.RESEND_GAP_S, self._ask_for_missing_chunks)
 
     def _tick(self):
-        """Once a second: expire partial messages, ask for missing chunks, and send due reports."""
+        """Once a second: age out cached replies and send due reports (partial requests have their own timer)."""
         self._timer = self.loop.call_later(1.0, self._tick)
         mono = time.monotonic()
-        self.reassembler.expire(mono)
         self.outbox.expire(mono)
         if self.sock is None:
             return

@@ -29,10 +29,6 @@ DEFAULT_CONCURRENCY = 2048
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
 
 
-class MDPError(Exception):
-    """A failure the caller should show as is."""
-
-
 @dataclass(eq=False)
 class _Pending:
     ip: str
@@ -212,7 +208,7 @@ class Client:
         # Replies are matched by message id, not by source address: a multi-homed agent bound to the
         # wildcard answers from whichever address its kernel routes by. The id (bytes 10-17 of the
         # header) only picks the key to verify with; nothing is trusted before the MAC checks.
-        pending = self._pending.get(data[10:18]) if len(data) >= protocol.OVERHEAD else None
+        pending = self._pending.get(protocol.peek_msg_id(data))
         if pending is None:
             return   # not ours, or a late duplicate of a reply already delivered
         try:
