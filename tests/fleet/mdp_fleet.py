@@ -10,6 +10,7 @@ root or when MDP_FLEET=0. tests/fleet/conftest.py exposes it; a conftest elsewhe
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import subprocess
@@ -28,6 +29,9 @@ CACHE_DIR = Path("/var/cache/mdp-fleet")
 DEFAULT_SIZE = 3
 # A cold first run debootstraps three suites (about 40 s each here) before booting.
 UP_TIMEOUT = 1500
+# The fleet (bridge, addresses, /run/mdp-fleet) is one per machine: test runs from several checkouts
+# take turns on it instead of booting over each other.
+LOCK_FILE = Path("/run/lock/mdp-fleet.lock")
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,9 @@ def fleet():
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(LOCK_FILE, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)   # released when this session's fleet tests are done
     code, lines = status()
     running = {fields[0] for fields in lines if len(fields) > 4 and fields[4] in ("running", "degraded")}
     wanted = {f"fleet{i}" for i in range(1, DEFAULT_SIZE + 1)}
@@ -147,3 +154,4 @@ def fleet():
     if booted and os.environ.get("MDP_FLEET_KEEP") != "1":
         result = run_script("down", timeout=600)
         assert result.returncode == 0, f"fleet.sh down failed:\n{result.stderr}"
+    lock.close()
