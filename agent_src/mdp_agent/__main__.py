@@ -5,7 +5,7 @@ import logging
 import signal
 import sys
 
-from . import __version__, config, keyfile
+from . import __version__, config, keyfile, protocol
 from .loop import Loop
 from .registry import load_default_registry
 from .server import Agent, WorkerPool
@@ -61,6 +61,8 @@ def main(argv=None):
         return 1
     if created:
         log.info("generated a new key in %s", key_path)
+    # What `mdp keys list` shows for this machine: compare the two before `mdp keys accept`.
+    log.info("key fingerprint %s (%s)", protocol.key_fingerprint(keys.key), key_path)
     if args.init_only:
         print(key_path)
         return 0

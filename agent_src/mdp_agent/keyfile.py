@@ -55,14 +55,37 @@ def read_key_file(path):
         raise ValueError("%s: %s" % (path, exc))
 
 
+def create_private_file(path, text):
+    """Write text to path only if path does not exist yet (atomically: a complete file or none).
+
+    Returns False when another process created it first: two agents starting at once on one fresh
+    state dir then both use the one key that won, never two different keys.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)   # fails with EEXIST instead of replacing, like O_EXCL
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 def load_or_create_key(state_dir):
     """The agent's KeyPair, generated on first start. Returns (keys, path, created)."""
     ensure_private_dir(state_dir)
     path = os.path.join(state_dir, KEY_FILE)
     created = False
     if not os.path.exists(path):
-        write_private_file(path, protocol.generate_key_text())
-        created = True
+        created = create_private_file(path, protocol.generate_key_text())
     elif stat.S_IMODE(os.stat(path).st_mode) & 0o077:
         os.chmod(path, 0o600)   # a key readable by others is a leak waiting to happen; tighten it
     return read_key_file(path), path, created

@@ -14,12 +14,29 @@ import threading
 import time
 
 
+class _Timer(object):
+    """A scheduled call. cancel() drops the callback and its arguments at once, so a cancelled timer
+    no longer keeps a closure (and the job and result it holds) alive until it would have fired."""
+
+    __slots__ = ("when", "seq", "callback", "args")
+
+    def __init__(self, when, seq, callback, args):
+        self.when, self.seq, self.callback, self.args = when, seq, callback, args
+
+    def __lt__(self, other):
+        return (self.when, self.seq) < (other.when, other.seq)
+
+
+# Cancelled timers left in the heap are empty shells; past this many (and half the heap), rebuild it.
+COMPACT_CANCELLED = 1024
+
+
 class Loop(object):
     def __init__(self):
         self.selector = selectors.DefaultSelector()
-        self._timers = []                 # heap of (when, seq, callback, args)
+        self._timers = []                 # heap of _Timer
         self._seq = itertools.count()
-        self._cancelled = set()
+        self._cancelled = 0
         self._ready = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -43,12 +60,19 @@ class Loop(object):
 
     def call_later(self, delay, callback, *args):
         """Run callback(*args) after delay seconds; returns a handle for cancel()."""
-        handle = next(self._seq)
-        heapq.heappush(self._timers, (self.time() + delay, handle, callback, args))
-        return handle
+        timer = _Timer(self.time() + delay, next(self._seq), callback, args)
+        heapq.heappush(self._timers, timer)
+        return timer
 
-    def cancel(self, handle):
-        self._cancelled.add(handle)
+    def cancel(self, timer):
+        if timer.callback is None:
+            return
+        timer.callback = timer.args = None
+        self._cancelled += 1
+        if self._cancelled > COMPACT_CANCELLED and self._cancelled * 2 > len(self._timers):
+            self._timers = [t for t in self._timers if t.callback is not None]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def call_soon_threadsafe(self, callback, *args):
         with self._lock:
@@ -83,7 +107,7 @@ class Loop(object):
         if self._ready:
             timeout = 0
         elif self._timers:
-            timeout = max(0.0, min(timeout, self._timers[0][0] - self.time()))
+            timeout = max(0.0, min(timeout, self._timers[0].when - self.time()))
         for key, _ in self.selector.select(timeout):
             key.data()
         with self._lock:
@@ -91,11 +115,13 @@ class Loop(object):
         for callback, args in ready:
             callback(*args)
         now = self.time()
-        while self._timers and self._timers[0][0] <= now:
-            _, handle, callback, args = heapq.heappop(self._timers)
-            if handle in self._cancelled:
-                self._cancelled.discard(handle)
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            callback, args = timer.callback, timer.args
+            if callback is None:
+                self._cancelled = max(0, self._cancelled - 1)
                 continue
+            timer.callback = timer.args = None
             callback(*args)
 
     def close(self):

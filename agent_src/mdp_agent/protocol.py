@@ -18,6 +18,7 @@ signed on its own, so a forged or damaged chunk is dropped before reassembly.
 Must run on Python 3.4, standard library only (the agent imports it).
 """
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -26,6 +27,9 @@ import os
 import struct
 import zlib
 from collections import OrderedDict, namedtuple
+from itertools import islice
+
+from .errors import MDPError
 
 PROTOCOL_VERSION = 1            # header byte; a new major version changes the layout after byte 3
 VERSION_STRING = "1.0"          # the payload's "version" field: "major.minor"
@@ -37,14 +41,16 @@ REPLY = 2     # agent -> controller: {"status", "version", "operations", "cluste
 REPORT = 3    # agent -> monitor: a reply-shaped object pushed every interval
 HELLO = 4     # agent -> monitor: enrolment, carries the agent's key (trust on first use, opt-in)
 RESEND = 5    # either way: {"missing": [chunk indices]} for the message with this msg_id
-ACK = 6       # monitor -> agent: {"ack": "report"|"hello", "state": ...} after a verified report/hello
-KIND_NAMES = {REQUEST: "request", REPLY: "reply", REPORT: "report", HELLO: "hello", RESEND: "resend", ACK: "ack"}
+ACK = 6       # monitor -> agent: {"ack": "report"|"hello", "state": ...} after a stored report / a hello
+CHALLENGE = 7  # agent -> controller: {"token", "count"}: "your reply is ready; prove this address is yours"
+KIND_NAMES = {REQUEST: "request", REPLY: "reply", REPORT: "report", HELLO: "hello", RESEND: "resend", ACK: "ack",
+              CHALLENGE: "challenge"}
 
 # Directions. Each direction signs with its own key derived from the machine key, so a datagram
 # signed for one direction never verifies for the other, whatever its kind byte says.
 TO_AGENT = b"to-agent"
 TO_CONTROLLER = b"to-controller"
-KINDS_BY_DIRECTION = {TO_AGENT: (REQUEST, RESEND, ACK), TO_CONTROLLER: (REPLY, REPORT, HELLO, RESEND)}
+KINDS_BY_DIRECTION = {TO_AGENT: (REQUEST, RESEND, ACK), TO_CONTROLLER: (REPLY, REPORT, HELLO, RESEND, CHALLENGE)}
 
 FLAG_ZLIB = 0x01                # the message bytes (all chunks joined) are a zlib stream
 
@@ -65,6 +71,9 @@ MAX_DATAGRAM = 65507            # the largest UDP/IPv4 payload
 # escaping can double binary-ish text, so 4x leaves room. It also caps what one peer can pin.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CHUNKS = 65535              # the u16 field; with 1200-byte datagrams 4 MiB needs ~3,700
+# The most chunks a message of MAX_MESSAGE_BYTES can need at the smallest datagram: any larger
+# chunk_count is a lie, refused before it costs anything.
+MAX_USEFUL_CHUNKS = MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1
 # Compression only pays above a few hundred bytes (zlib's header and a small JSON object).
 COMPRESS_MIN_BYTES = 256
 # Replay window: a request more than 60 s older or newer than the receiver's clock is refused (and
@@ -76,8 +85,12 @@ DEFAULT_REPLAY_WINDOW_S = 60.0
 REPLAY_CACHE_ENTRIES = 100000
 # Reassembly: partial messages per peer, bytes per peer and overall, and how long a partial message
 # may wait for its next chunk before it is dropped (bounded memory whatever a peer sends).
+# Limits are per IP address, not per (address, port): one host cannot multiply them by using more ports.
 REASSEMBLY_MESSAGES_PER_PEER = 8
 REASSEMBLY_BYTES_TOTAL = 64 * 1024 * 1024
+# An agent is asked by a few controllers at a time, and by nobody for more than one big request:
+# two largest messages in flight is plenty, and keeps a key holder's flood from costing it 64 MiB.
+AGENT_REASSEMBLY_BYTES_TOTAL = 16 * 1024 * 1024
 REASSEMBLY_IDLE_S = 10.0
 # What each held chunk costs beyond its body (dict slot, bytes object): counted so that a flood of
 # empty chunks is bounded like a flood of full ones.
@@ -91,29 +104,35 @@ OUTBOX_ENTRY_COST = 400
 OUTBOX_TTL_S = 2 * DEFAULT_REPLAY_WINDOW_S
 MAX_RESEND_INDICES = 4096       # indices one RESEND may ask for
 
+# Amplification (RFC 9000 s8.1, QUIC's rule): until an address has proven it receives what we send
+# it, we send it at most AMPLIFICATION_FACTOR times the bytes we received from it. A reply larger
+# than that waits in the outbox behind a small CHALLENGE; a signed RESEND from the same address that
+# echoes the challenge's token proves the address, for ADDRESS_VALIDATED_S.
+AMPLIFICATION_FACTOR = 3
+ADDRESS_VALIDATED_S = OUTBOX_TTL_S
+# Addresses whose bytes we count. Only verified datagrams create an entry, so strangers cost none;
+# past this many the least recently heard is forgotten, which only ever lowers its allowance.
+ADDRESS_TABLE_ENTRIES = 16384
+# Error replies (clock_skew, stale, restarted, ...) to one address: a burst, then one per second, so
+# a replayed stale request cannot make us answer it forever at line rate.
+ERROR_REPLY_BURST = 5
+ERROR_REPLIES_PER_S = 1.0
+
 # Retransmission, after CoAP (RFC 7252 s4.8): the first wait is ACK_TIMEOUT randomised up to
 # ACK_RANDOM_FACTOR times, doubling after each try, at most MAX_RETRANSMIT retransmissions, all within
 # the caller's overall deadline. Worst case 2 s * 1.5 * (1+2+4+8+16) = 93 s; callers cap it lower.
 ACK_TIMEOUT_S = 2.0
 ACK_RANDOM_FACTOR = 1.5
 MAX_RETRANSMIT = 4
+# Each datagram of a reply is sent at most this many times in all (the first send, duplicates of the
+# request and RESENDs together): as often as a controller following the schedule above can ask.
+MAX_SENDS_PER_DATAGRAM = MAX_RETRANSMIT + 1
 # A receiver missing chunks asks for them after this much silence (well above a LAN burst's spread).
 RESEND_GAP_S = 0.2
 
 
-class ProtocolError(Exception):
+class ProtocolError(MDPError):
     """A datagram or message we must refuse. `code` is stable (for tests and logs); message is prose."""
-
-    def __init__(self, code, message, **details):
-        Exception.__init__(self, message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-    def to_dict(self):
-        out = {"code": self.code, "message": self.message}
-        out.update(self.details)
-        return out
 
 
 Packet = namedtuple("Packet", "kind flags index count msg_id timestamp_ms body")
@@ -180,6 +199,14 @@ def _mac(dkey, data):
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _refuse_constant(name):
+    raise ValueError("%s is not JSON (RFC 8259)" % name)
+
+
+# One decoder too; NaN and Infinity are refused on the way in as well, so no operation ever sees one.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def dump_json(obj):
     """Compact UTF-8 JSON, the form every message body takes before compression."""
     return _ENCODER.encode(obj).encode("utf-8")
@@ -187,6 +214,11 @@ def dump_json(obj):
 
 def new_msg_id():
     return os.urandom(8)
+
+
+def hexlify(data):
+    """bytes -> lowercase hex text (bytes.hex() is Python 3.5+)."""
+    return binascii.hexlify(data).decode("ascii")
 
 
 def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAULT_MAX_DATAGRAM,
@@ -263,7 +295,14 @@ def open_datagram(datagram, keys, direction):
         raise ProtocolError("bad_kind", "message kind %d is not valid %s" % (kind, direction.decode()))
     if count == 0 or index >= count or flags & ~FLAG_ZLIB:
         raise ProtocolError("bad_header", "chunk %d of %d, flags %#x" % (index, count, flags))
-    return Packet(kind, flags, index, count, msg_id, timestamp_ms, signed[HEADER_SIZE:])
+    body = signed[HEADER_SIZE:]
+    if count > 1 and (count > MAX_USEFUL_CHUNKS or (index < count - 1 and (
+            len(body) < MIN_DATAGRAM - OVERHEAD or count > MAX_MESSAGE_BYTES // len(body) + 1))):
+        # Every chunk but the last is full (at least the smallest datagram's room), so its size says
+        # how many chunks a real message could need.
+        raise ProtocolError("bad_header", "%d chunks of %d bytes exceed what a %d-byte message needs"
+                            % (count, len(body), MAX_MESSAGE_BYTES))
+    return Packet(kind, flags, index, count, msg_id, timestamp_ms, body)
 
 
 def decode_text(flags, data):
@@ -287,9 +326,11 @@ def decode_text(flags, data):
 def parse_text(text):
     """JSON text -> the message object (a dict)."""
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except ValueError as exc:
         raise ProtocolError("bad_payload", "payload is not JSON: %s" % exc)
+    except RuntimeError:   # "[[[[...": deeper than the parser's stack (RecursionError on 3.5+)
+        raise ProtocolError("bad_request", "payload nests deeper than this side parses")
     if not isinstance(obj, dict):
         raise ProtocolError("bad_payload", "payload must be a JSON object")
     return obj
@@ -407,6 +448,14 @@ class ReplayGuard(object):
             raise ProtocolError("stale", "message is older than the oldest one still remembered; resend it")
         return False
 
+    def seen(self, peer, msg_id):
+        """Whether (peer, msg_id) was accepted within the window (cheap: checked before reassembly)."""
+        return (peer, msg_id) in self._seen
+
+    def forget(self, peer, msg_id):
+        """Un-accept a message its receiver could not keep (a full buffer), so its resend is taken."""
+        self._seen.pop((peer, msg_id), None)
+
     def remember(self, peer, msg_id, timestamp_ms, now_ms):
         self._seen[(peer, msg_id)] = timestamp_ms
         horizon = now_ms - self.window_ms   # older ids can no longer pass the window check anyway
@@ -428,20 +477,30 @@ class ReplayGuard(object):
 # --- Chunk reassembly ---------------------------------------------------------------------------
 
 class _Partial(object):
-    __slots__ = ("kind", "flags", "count", "timestamp_ms", "chunks", "size", "last_seen", "asked_at")
+    __slots__ = ("kind", "flags", "count", "timestamp_ms", "chunks", "size", "last_seen", "asked_at", "addr",
+                 "room")
 
-    def __init__(self, packet, now):
+    def __init__(self, packet, now, addr):
         self.kind, self.flags, self.count = packet.kind, packet.flags, packet.count
         self.timestamp_ms = packet.timestamp_ms
         self.chunks = {}
         self.size = 0
         self.last_seen = now
         self.asked_at = now
+        self.addr = addr      # where the chunks come from: RESENDs go there
+        self.room = None      # body size of the full chunks (all but the last), once one arrived
+
+    def missing(self, limit):
+        """The lowest `limit` missing indices, found lazily: a partial of 3,700 chunks costs no list of 3,700."""
+        chunks = self.chunks
+        return list(islice((i for i in range(self.count) if i not in chunks), limit))
 
 
 class Reassembler(object):
     """Joins verified chunks into messages, with bounded memory per peer and overall and an idle deadline.
 
+    `peer` is what limits are counted by (the agent and the collector pass the IP address, so a host
+    cannot multiply its share with more ports); `addr` is where RESENDs for it go (default: peer).
     add() returns (kind, flags, timestamp_ms, data) when a message completes, else None. missing()
     lists what to ask for again with a RESEND once a partial message has been quiet for RESEND_GAP_S.
     """
@@ -455,7 +514,7 @@ class Reassembler(object):
         self.dropped = 0
         self._peers = {}   # peer -> OrderedDict(msg_id -> _Partial)
 
-    def add(self, peer, packet, now):
+    def add(self, peer, packet, now, addr=None):
         if packet.count == 1:
             return packet.kind, packet.flags, packet.timestamp_ms, packet.body
         partials = self._peers.setdefault(peer, OrderedDict())
@@ -463,10 +522,18 @@ class Reassembler(object):
         if part is None:
             if len(partials) >= REASSEMBLY_MESSAGES_PER_PEER:
                 self._drop(peer, next(iter(partials)))
-            part = partials[packet.msg_id] = _Partial(packet, now)
+            part = partials[packet.msg_id] = _Partial(packet, now, addr or peer)
         elif (part.count, part.kind, part.flags, part.timestamp_ms) != (
                 packet.count, packet.kind, packet.flags, packet.timestamp_ms):
             return None  # a signed chunk that contradicts its siblings: ignore it, keep the others
+        if packet.index < packet.count - 1:
+            # All full chunks of one message have one size (the sender's room), and the last is no bigger.
+            if part.room is None:
+                part.room = len(packet.body)
+            elif len(packet.body) != part.room:
+                return None
+        elif part.room is not None and len(packet.body) > part.room:
+            return None
         part.last_seen = now
         if packet.index in part.chunks:
             return None
@@ -483,15 +550,21 @@ class Reassembler(object):
         self._forget(peer, packet.msg_id)
         return part.kind, part.flags, part.timestamp_ms, b"".join(part.chunks[i] for i in range(part.count))
 
-    def missing(self, now, gap_s=RESEND_GAP_S):
-        """[(peer, msg_id, [indices])] for partial messages quiet for gap_s and not asked for since."""
+    def has(self, peer, msg_id):
+        partials = self._peers.get(peer)
+        return partials is not None and msg_id in partials
+
+    def missing(self, now, gap_s=RESEND_GAP_S, limit=MAX_RESEND_INDICES):
+        """[(addr, msg_id, [indices])] for partial messages quiet for gap_s and not asked for since.
+
+        At most `limit` indices each (the lowest): what one RESEND can carry; the rest come next round.
+        """
         out = []
-        for peer, partials in self._peers.items():
+        for partials in self._peers.values():
             for msg_id, part in partials.items():
                 if now - max(part.last_seen, part.asked_at) >= gap_s:
                     part.asked_at = now
-                    out.append((peer, msg_id, [i for i in range(part.count)
-                                               if i not in part.chunks][:MAX_RESEND_INDICES]))
+                    out.append((part.addr, msg_id, part.missing(limit)))
         return out
 
     def expire(self, now):
@@ -519,37 +592,56 @@ class Reassembler(object):
 
 # --- Sent messages, for duplicates and RESEND ----------------------------------------------------
 
+class _Sent(object):
+    __slots__ = ("sent_at", "datagrams", "addr", "originated", "sends")
+
+    def __init__(self, datagrams, now, addr, originated):
+        self.sent_at, self.datagrams, self.addr, self.originated = now, datagrams, addr, originated
+        self.sends = bytearray(len(datagrams))   # times each datagram went out, capped at MAX_SENDS_PER_DATAGRAM
+
+
 class Outbox(object):
-    """Recently sent messages by (peer, msg_id), bounded in bytes and age (oldest evicted first)."""
+    """Recently sent messages by msg_id, bounded in bytes and age (oldest evicted first).
+
+    Each entry remembers the address it was sent to: duplicates and RESENDs are answered there only,
+    so a captured request replayed from a forged address is never reflected at that address.
+    """
 
     def __init__(self, max_bytes=OUTBOX_BYTES, ttl_s=OUTBOX_TTL_S):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.size = 0
-        self._items = OrderedDict()   # (peer, msg_id) -> (sent_at, [datagrams])
+        self._items = OrderedDict()   # msg_id -> _Sent
 
-    def put(self, peer, msg_id, datagrams, now):
-        key = (peer, msg_id)
-        if key in self._items:
-            self._remove(key)
-        self._items[key] = (now, datagrams)
+    def put(self, msg_id, datagrams, now, addr=None, originated=False):
+        """Keep datagrams sent (or about to be sent) to addr; originated: we chose addr, it did not ask."""
+        if msg_id in self._items:
+            self._remove(msg_id)
+        entry = self._items[msg_id] = _Sent(datagrams, now, addr, originated)
         self.size += _outbox_cost(datagrams)
         self.expire(now)
+        return entry if msg_id in self._items else None
 
-    def get(self, peer, msg_id):
-        item = self._items.get((peer, msg_id))
-        return item[1] if item else None
+    def entry(self, msg_id):
+        return self._items.get(msg_id)
+
+    def get(self, msg_id):
+        item = self._items.get(msg_id)
+        return item.datagrams if item else None
+
+    def pop(self, msg_id):
+        if msg_id in self._items:
+            self._remove(msg_id)
 
     def expire(self, now):
         while self._items:
-            key, (sent_at, _) = next(iter(self._items.items()))
-            if self.size <= self.max_bytes and now - sent_at <= self.ttl_s:
+            msg_id, item = next(iter(self._items.items()))
+            if self.size <= self.max_bytes and now - item.sent_at <= self.ttl_s:
                 break
-            self._remove(key)
+            self._remove(msg_id)
 
-    def _remove(self, key):
-        _, datagrams = self._items.pop(key)
-        self.size -= _outbox_cost(datagrams)
+    def _remove(self, msg_id):
+        self.size -= _outbox_cost(self._items.pop(msg_id).datagrams)
 
     def __len__(self):
         return len(self._items)
@@ -559,23 +651,122 @@ def _outbox_cost(datagrams):
     return OUTBOX_ENTRY_COST + sum(len(d) for d in datagrams)
 
 
-def resend_payload(indices, max_datagram=DEFAULT_MAX_DATAGRAM):
-    """The RESEND body for the lowest missing indices that fit one datagram (the rest: next round).
+# --- Amplification: what we may send an address that has not proven it receives ------------------
+
+class _Address(object):
+    __slots__ = ("received", "sent", "validated_until", "token", "error_credit", "credit_at")
+
+    def __init__(self, now):
+        self.received = self.sent = 0
+        self.validated_until = 0.0
+        self.token = None
+        self.error_credit = float(ERROR_REPLY_BURST)
+        self.credit_at = now
+
+
+class AddressBook(object):
+    """Bytes received from and sent to each address, its proof of address, its error-reply credit.
+
+    Only verified datagrams are counted (a stranger creates no entry); the table is an LRU of
+    ADDRESS_TABLE_ENTRIES. Forgetting an address only ever lowers what we may send it.
+    """
+
+    def __init__(self, max_entries=ADDRESS_TABLE_ENTRIES):
+        self.max_entries = max_entries
+        self._entries = OrderedDict()
+
+    def heard(self, addr, nbytes, now):
+        entry = self._entries.get(addr)
+        if entry is None:
+            entry = self._entries[addr] = _Address(now)
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(addr)
+        entry.received += nbytes
+        return entry
+
+    def get(self, addr):
+        return self._entries.get(addr)
+
+    def allowance(self, addr, now):
+        """Bytes we may still send addr now: None when it has proven itself (no limit)."""
+        entry = self._entries.get(addr)
+        if entry is None:
+            return 0
+        if entry.validated_until > now:
+            return None
+        return max(0, AMPLIFICATION_FACTOR * entry.received - entry.sent)
+
+    def spent(self, addr, nbytes):
+        entry = self._entries.get(addr)
+        if entry is not None:
+            entry.sent += nbytes
+
+    def token_for(self, addr):
+        entry = self._entries[addr]
+        if entry.token is None:
+            entry.token = binascii.hexlify(os.urandom(16)).decode("ascii")
+        return entry.token
+
+    def prove(self, addr, token, now):
+        """True (and the address validated) when token is the one we gave addr."""
+        entry = self._entries.get(addr)
+        if entry is None or entry.token is None or not isinstance(token, str):
+            return False
+        if not hmac.compare_digest(entry.token.encode("ascii"), token.encode("utf-8", "replace")):
+            return False
+        entry.validated_until = now + ADDRESS_VALIDATED_S
+        return True
+
+    def may_answer_error(self, addr, now):
+        """Token bucket: ERROR_REPLY_BURST error replies, then ERROR_REPLIES_PER_S."""
+        entry = self._entries.get(addr)
+        if entry is None:
+            return False
+        entry.error_credit = min(float(ERROR_REPLY_BURST),
+                                 entry.error_credit + (now - entry.credit_at) * ERROR_REPLIES_PER_S)
+        entry.credit_at = now
+        if entry.error_credit < 1.0:
+            return False
+        entry.error_credit -= 1.0
+        return True
+
+    def __len__(self):
+        return len(self._entries)
+
+
+def resend_capacity(max_datagram=DEFAULT_MAX_DATAGRAM):
+    """How many chunk indices one RESEND datagram carries.
 
     Receivers read a RESEND datagram on its own, so it must never need chunking: each index costs
-    at most 6 bytes ("65534,") after the 14-byte {"missing":[]} frame.
+    at most 6 bytes ("65534,") after the 14-byte {"missing":[]} frame, and 44 bytes stay free for the
+    ,"token":"..." a RESEND answering a CHALLENGE carries.
     """
-    fit = min(MAX_RESEND_INDICES, (max_datagram - OVERHEAD - 14) // 6)
-    return {"missing": sorted(set(indices))[:fit]}
+    return min(MAX_RESEND_INDICES, (max_datagram - OVERHEAD - 14 - 44) // 6)
+
+
+def resend_payload(indices, max_datagram=DEFAULT_MAX_DATAGRAM):
+    """The RESEND body for the lowest missing indices that fit one datagram (the rest: next round)."""
+    return {"missing": sorted(set(indices))[:resend_capacity(max_datagram)]}
+
+
+def resend_indices(obj, count):
+    """The valid, distinct indices (below count) a RESEND body asks for, in its order."""
+    missing = obj.get("missing")
+    if not isinstance(missing, list):
+        raise ProtocolError("bad_payload", "RESEND needs a \"missing\" list")
+    out, seen = [], set()
+    for i in missing[:MAX_RESEND_INDICES]:
+        if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count and i not in seen:
+            seen.add(i)
+            out.append(i)
+    return out
 
 
 def parse_resend(obj, datagrams):
     """The datagrams a RESEND asks for, from the list sent; unknown indices are ignored."""
-    missing = obj.get("missing")
-    if not isinstance(missing, list):
-        raise ProtocolError("bad_payload", "RESEND needs a \"missing\" list")
-    return [datagrams[i] for i in missing[:MAX_RESEND_INDICES]
-            if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(datagrams)]
+    return [datagrams[i] for i in resend_indices(obj, len(datagrams))]
 
 
 def retransmit_delays(rng, max_retransmit=MAX_RETRANSMIT, ack_timeout=ACK_TIMEOUT_S,
@@ -583,3 +774,322 @@ def retransmit_delays(rng, max_retransmit=MAX_RETRANSMIT, ack_timeout=ACK_TIMEOU
     """The waits before each retransmission and the last wait: CoAP's doubling, randomised once."""
     first = ack_timeout * rng.uniform(1.0, random_factor)
     return [first * (2 ** i) for i in range(max_retransmit + 1)]
+
+
+# --- Key fingerprints ---------------------------------------------------------------------------
+
+def key_fingerprint(key):
+    """A short, comparable name of a machine key (like an SSH host key's): 16 base32 letters in groups of 4.
+
+    80 bits of SHA-256: enough that nobody can make a second key with the same fingerprint, short
+    enough to read out over the phone. It names the key; it does not reveal it.
+    """
+    digest = hashlib.sha256(b"MDP fingerprint\x00" + key).digest()[:10]
+    text = base64.b32encode(digest).decode("ascii")
+    return "-".join(text[i:i + 4] for i in range(0, len(text), 4))
+
+
+def same_fingerprint(given, expected):
+    """Compare a fingerprint typed by a person (any case, with or without dashes) in constant time."""
+    def norm(text):
+        return "".join(ch for ch in str(text).upper() if ch.isalnum()).encode("ascii", "replace")
+    return hmac.compare_digest(norm(given), norm(expected))
+
+
+# --- HELLO from a stranger ----------------------------------------------------------------------
+
+def open_hello(datagram):
+    """(key_text, KeyPair, hello) if datagram is a single-datagram HELLO signed with the key it carries.
+
+    The one place that parses before verifying: a stranger has no key yet to verify with. It is
+    bounded (one small uncompressed datagram, checked with the offered key right after) and proves
+    only possession of the offered key. Returns None for anything else.
+    """
+    if not OVERHEAD < len(datagram) <= DEFAULT_MAX_DATAGRAM or datagram[:2] != MAGIC:
+        return None
+    _, version, kind, flags, _, index, count, _, _ = HEADER.unpack_from(datagram)
+    if (version, kind, flags, index, count) != (PROTOCOL_VERSION, HELLO, 0, 0, 1):
+        return None
+    try:
+        hello = decode_body(0, datagram[HEADER_SIZE:-MAC_SIZE])
+        key_text = hello.get("key")
+        keys = KeyPair.from_text(key_text if isinstance(key_text, str) else "")
+        open_datagram(datagram, keys, TO_CONTROLLER)
+    except (ProtocolError, ValueError):
+        return None
+    return key_text.strip(), keys, hello
+
+
+# --- The receiver: one object every side feeds its datagrams to -----------------------------------
+
+class Message(object):
+    """A complete, verified, first-seen message: `obj` is the decoded JSON object, `text` its JSON text."""
+
+    __slots__ = ("addr", "kind", "msg_id", "timestamp_ms", "obj", "text", "keys")
+
+    def __init__(self, addr, kind, msg_id, timestamp_ms, obj, text, keys):
+        self.addr, self.kind, self.msg_id, self.timestamp_ms = addr, kind, msg_id, timestamp_ms
+        self.obj, self.text, self.keys = obj, text, keys
+
+
+class Duplicate(object):
+    """A verified message (or chunk of one) seen before. Whatever answer was due is already queued."""
+
+    __slots__ = ("addr", "kind", "msg_id", "keys")
+
+    def __init__(self, addr, kind, msg_id, keys):
+        self.addr, self.kind, self.msg_id, self.keys = addr, kind, msg_id, keys
+
+
+class Refusal(object):
+    """A datagram or message refused, with the ProtocolError code saying why (for counters and logs)."""
+
+    __slots__ = ("addr", "code", "message", "msg_id")
+
+    def __init__(self, addr, code, message, msg_id=None):
+        self.addr, self.code, self.message, self.msg_id = addr, code, message, msg_id
+
+
+class Endpoint(object):
+    """One side of MDP on one socket, sans-I/O, in the manner of h11's Connection.
+
+    feed(datagram, addr, wall_ms, now) verifies, refuses, de-duplicates, reassembles and decodes,
+    and returns events (Message, Duplicate, Refusal). send() encodes a message. tick(wall_ms, now)
+    asks for missing chunks and ages out state. Every datagram any of them wants sent is queued;
+    the owner takes them with datagrams_to_send() and does the I/O. `now` is a monotonic clock
+    (seconds), `wall_ms` the wall clock (ms since the epoch, what timestamps are compared with).
+
+    keys_for(ip, msg_id) returns the KeyPair to verify with, or None (then a Refusal "no_key").
+    The owner says which kinds are de-duplicated and how:
+      agent      receives=TO_AGENT, dedup={REQUEST: False}: a request is one request whatever address
+                 it comes from (one key), answered from the outbox to its first sender only;
+      collector  receives=TO_CONTROLLER, dedup={REPORT: True}: per sender IP;
+      client     receives=TO_CONTROLLER, dedup={}: it accepts replies only for requests it has
+                 pending (keys_for says so), and answers CHALLENGEs.
+    """
+
+    def __init__(self, receives, keys_for, dedup=None, answer_errors=False, max_datagram=DEFAULT_MAX_DATAGRAM,
+                 replay_window_s=DEFAULT_REPLAY_WINDOW_S, reassembly_bytes=REASSEMBLY_BYTES_TOTAL,
+                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES):
+        self.receives = receives
+        self.sends = TO_CONTROLLER if receives == TO_AGENT else TO_AGENT
+        self.keys_for = keys_for
+        self.dedup = dict(dedup or {})
+        self.answer_errors = answer_errors
+        self.max_datagram = max_datagram
+        self.window_s = replay_window_s
+        # Requests stamped before this (the agent's start) may have run before a restart: refused,
+        # retryably, since the reply cache that would have answered them is gone.
+        self.not_before_ms = not_before_ms
+        self.guard = ReplayGuard(replay_window_s)
+        self.reassembler = Reassembler(total_bytes=reassembly_bytes)
+        self.outbox = Outbox()
+        self.addresses = AddressBook(address_entries)
+        self._outgoing = []
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def datagrams_to_send(self):
+        """[(addr, datagram)] queued since the last call, in order."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def send(self, addr, kind, payload, keys, wall_ms, now, msg_id=None, response=True, cache=True,
+             compress=True):
+        """Encode payload (bytes, or a JSON-able object) and queue it for addr. Returns the msg_id.
+
+        response=True: addr asked for this (a reply), so the amplification budget applies and a reply
+        over it waits behind a CHALLENGE. response=False: we chose addr (a request, a report).
+        cache=True keeps it in the outbox for duplicates and RESENDs.
+        """
+        if kind not in KINDS_BY_DIRECTION[self.sends]:
+            raise ValueError("a %s may not be sent %s" % (KIND_NAMES.get(kind, kind), self.sends.decode()))
+        if not isinstance(payload, bytes):
+            payload = dump_json(payload)
+        msg_id = msg_id or new_msg_id()
+        datagrams = encode_message(kind, payload, keys.for_direction(self.sends), msg_id, wall_ms,
+                                   self.max_datagram, compress)
+        entry = self.outbox.put(msg_id, datagrams, now, addr, not response) if cache else None
+        if not response:
+            self._queue(addr, datagrams, entry)
+            return msg_id
+        allowance = self.addresses.allowance(addr, now)
+        if allowance is None or sum(len(d) for d in datagrams) <= allowance:
+            self._queue(addr, datagrams, entry, counted=True)
+        elif entry is not None:
+            self._challenge(addr, msg_id, len(datagrams), keys, wall_ms, now)
+        return msg_id
+
+    def refuse(self, addr, msg_id, error, keys, wall_ms, now):
+        """Answer a request with an error reply: rate-limited per address, never cached, and within the
+        address's amplification budget (its message is shortened to fit rather than not sent)."""
+        if not (self.answer_errors and self.addresses.may_answer_error(addr, now)):
+            return
+        payload = dump_json(error_reply(error))
+        allowance = self.addresses.allowance(addr, now)
+        if allowance is not None and len(payload) + OVERHEAD > allowance:
+            short = ProtocolError(error.code, error.message)   # details go first, then message bytes
+            payload = dump_json(error_reply(short))
+            excess = len(payload) + OVERHEAD - allowance
+            if excess > 0:
+                short.message = error.message[:max(0, len(error.message) - excess - 3)] + "..."
+                payload = dump_json(error_reply(short))
+            if len(payload) + OVERHEAD > allowance:
+                return
+        self.send(addr, REPLY, payload, keys, wall_ms, now, msg_id, cache=False)
+
+    def _queue(self, addr, datagrams, entry=None, indices=None, counted=False):
+        """Queue datagrams (all, or those at indices) for addr; each at most MAX_SENDS_PER_DATAGRAM times."""
+        total = 0
+        for i in (range(len(datagrams)) if indices is None else indices):
+            if entry is not None:
+                if entry.sends[i] >= MAX_SENDS_PER_DATAGRAM:
+                    continue
+                entry.sends[i] += 1
+            self._outgoing.append((addr, datagrams[i]))
+            total += len(datagrams[i])
+        if counted:
+            self.addresses.spent(addr, total)
+        return total
+
+    def _challenge(self, addr, msg_id, count, keys, wall_ms, now):
+        token = self.addresses.token_for(addr)
+        body = dump_json({"token": token, "count": count})
+        datagrams = encode_message(CHALLENGE, body, keys.for_direction(self.sends), msg_id, wall_ms,
+                                   self.max_datagram, False)
+        allowance = self.addresses.allowance(addr, now)
+        if allowance is None or len(datagrams[0]) <= allowance:
+            self._queue(addr, datagrams, counted=True)
+
+    # --- input ------------------------------------------------------------------------------------
+
+    def feed(self, datagram, addr, wall_ms, now):
+        """Take one received datagram; returns a list of events (often one, sometimes none)."""
+        msg_id = peek_msg_id(datagram)
+        keys = self.keys_for(addr[0], msg_id) if msg_id is not None else None
+        if keys is None:
+            code = "truncated" if msg_id is None else "no_key"
+            return [Refusal(addr, code, "no key to verify a datagram from %s" % addr[0], msg_id)]
+        try:
+            packet = open_datagram(datagram, keys, self.receives)
+        except ProtocolError as exc:
+            if exc.code == "unsupported_version":   # signed with our key: a peer that matters, tell it
+                self.addresses.heard(addr, len(datagram), now)
+                self.refuse(addr, msg_id, exc, keys, wall_ms, now)
+            return [Refusal(addr, exc.code, exc.message, msg_id)]
+        self.addresses.heard(addr, len(datagram), now)
+        skew = skew_error(packet.timestamp_ms, wall_ms, self.window_s)
+        if skew is not None:
+            if packet.index == 0 and packet.kind == REQUEST:
+                self.refuse(addr, msg_id, skew, keys, wall_ms, now)
+            return [Refusal(addr, "clock_skew", skew.message, msg_id)]
+        kind = packet.kind
+        if kind == RESEND:
+            return self._on_resend(packet, datagram, addr, wall_ms, now)
+        if kind == CHALLENGE:
+            return self._on_challenge(packet, addr, keys, wall_ms, now)
+        by_peer = self.dedup.get(kind)
+        if by_peer is not None:
+            if packet.timestamp_ms < self.not_before_ms:
+                error = ProtocolError("restarted", "the agent restarted after this request was sent; send it "
+                                      "again as a new request", retry=True)
+                if packet.index == 0:
+                    self.refuse(addr, msg_id, error, keys, wall_ms, now)
+                return [Refusal(addr, "restarted", error.message, msg_id)]
+            peer = addr[0] if by_peer else None
+            if self.guard.seen(peer, msg_id):   # before reassembly: a replayed chunk costs nothing
+                return self._on_duplicate(packet, addr, keys, wall_ms, now)
+        complete = self.reassembler.add(addr[0], packet, now, addr)
+        if complete is None:
+            return []
+        _, flags, timestamp_ms, body = complete
+        try:
+            if by_peer is not None:
+                self.guard.check(peer, msg_id, timestamp_ms, wall_ms)
+                self.guard.remember(peer, msg_id, timestamp_ms, wall_ms)
+            text = decode_text(flags, body)
+            obj = parse_text(text)
+            check_payload_version(obj)
+        except ProtocolError as exc:
+            if kind == REQUEST:
+                self.refuse(addr, msg_id, exc, keys, wall_ms, now)
+            return [Refusal(addr, exc.code, exc.message, msg_id)]
+        return [Message(addr, kind, msg_id, timestamp_ms, obj, text, keys)]
+
+    def _on_duplicate(self, packet, addr, keys, wall_ms, now):
+        entry = self.outbox.entry(packet.msg_id)
+        if entry is not None and packet.index == 0:
+            if entry.addr != addr:   # a replay from another address: never reflected there
+                return [Refusal(addr, "foreign_duplicate", "a request first seen from another address",
+                                packet.msg_id)]
+            allowance = self.addresses.allowance(addr, now)
+            if allowance is None or sum(len(d) for d in entry.datagrams) <= allowance:
+                self._queue(addr, entry.datagrams, entry, counted=True)
+            else:
+                self._challenge(addr, packet.msg_id, len(entry.datagrams), keys, wall_ms, now)
+        return [Duplicate(addr, packet.kind, packet.msg_id, keys)]
+
+    def _on_resend(self, packet, datagram, addr, wall_ms, now):
+        # A RESEND is answered once: it is remembered by its MAC, unique to its bytes.
+        entry = self.outbox.entry(packet.msg_id)
+        if entry is None:
+            return []   # aged out, or never ours
+        if entry.addr != addr:   # checked first, so a forged copy cannot use up the real one
+            return [Refusal(addr, "foreign_resend", "a RESEND for a message sent elsewhere", packet.msg_id)]
+        resend_id = datagram[-16:]
+        if self.guard.seen("resend", resend_id):
+            return [Refusal(addr, "duplicate", "a RESEND already answered", packet.msg_id)]
+        self.guard.remember("resend", resend_id, packet.timestamp_ms, wall_ms)
+        try:
+            obj = decode_body(packet.flags, packet.body)
+            wanted = resend_indices(obj, len(entry.datagrams))
+        except ProtocolError as exc:
+            return [Refusal(addr, exc.code, exc.message, packet.msg_id)]
+        if entry.originated:
+            self._queue(addr, entry.datagrams, entry, wanted)
+            return []
+        if "token" in obj:
+            self.addresses.prove(addr, obj["token"], now)
+        allowance = self.addresses.allowance(addr, now)
+        if allowance is not None:   # not proven: only what fits the budget, lowest indices first
+            fit, used = [], 0
+            for i in wanted:
+                used += len(entry.datagrams[i])
+                if used > allowance:
+                    break
+                fit.append(i)
+            wanted = fit
+        self._queue(addr, entry.datagrams, entry, wanted, counted=True)
+        return []
+
+    def _on_challenge(self, packet, addr, keys, wall_ms, now):
+        """The agent holds our reply until we prove this address: echo its token in a RESEND."""
+        try:
+            obj = decode_body(packet.flags, packet.body)
+            token, count = obj["token"], obj["count"]
+            if not isinstance(token, str) or not isinstance(count, int) or not 0 < count <= MAX_USEFUL_CHUNKS:
+                raise ValueError("bad challenge")
+        except (ProtocolError, KeyError, TypeError, ValueError):
+            return [Refusal(addr, "bad_payload", "a CHALLENGE without a token and count", packet.msg_id)]
+        payload = resend_payload(range(min(count, MAX_RESEND_INDICES)), self.max_datagram)
+        payload["token"] = token
+        self.send(addr, RESEND, payload, keys, wall_ms, now, packet.msg_id, response=False, cache=False,
+                  compress=False)
+        return []
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def tick(self, wall_ms, now):
+        """Ask for the missing chunks of quiet partial messages; age out partials and sent messages."""
+        self.reassembler.expire(now)
+        self.outbox.expire(now)
+        fit = resend_capacity(self.max_datagram)
+        for addr, msg_id, missing in self.reassembler.missing(now, limit=fit):
+            keys = self.keys_for(addr[0], msg_id)
+            if keys is not None and missing:
+                self.send(addr, RESEND, {"missing": missing}, keys, wall_ms, now, msg_id, response=False,
+                          cache=False, compress=False)
+
+    def forget(self, msg_id):
+        """Drop a sent message from the outbox (a report acknowledged, a request answered)."""
+        self.outbox.pop(msg_id)

@@ -7,6 +7,7 @@ benchmarks run thousands per process); `python3 -m mdp_agent` runs exactly one.
 import binascii
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -17,10 +18,12 @@ from . import protocol
 from .config import parse_hostport
 from .keyfile import write_private_file
 from .registry import OperationError
+from .spool import SPOOL_DIR, ReportSpool
 
 log = logging.getLogger("mdp_agent")
 
 SUBSCRIPTIONS_FILE = "subscriptions.json"
+ENROLLED_FILE = "enrolled"      # holds the monitor address that acknowledged our HELLO
 MAX_SUBSCRIPTIONS = 32          # each one adds an operation run to every report it is due in
 MIN_SUBSCRIPTION_EVERY_S = 1.0
 # Operations queued or running on the pool; past this, new ones answer "busy" at once rather than
@@ -106,14 +109,14 @@ class Agent(object):
         self.state_dir = state_dir or settings["state_dir"]
         self.sock = None
         self.address = None
-        self.guard = protocol.ReplayGuard(settings["replay_window"])
-        self.reassembler = protocol.Reassembler()
-        self.outbox = protocol.Outbox()
-        self.in_progress = set()        # msg_ids of requests whose operations still run
-        self.stats = {"received": 0, "requests": 0, "replies": 0, "duplicates": 0, "reports": 0, "dropped": {}}
+        self.endpoint = None            # made at start(): its replay guard starts at our start time
+        self.spool = ReportSpool(os.path.join(self.state_dir, SPOOL_DIR))
+        self.stats = {"received": 0, "requests": 0, "replies": 0, "duplicates": 0, "reports": 0,
+                      "reports_acked": 0, "hellos": 0, "dropped": {}}
         self._last_drop_log = {}
         self.monitor_addr = None
-        self.enrolled = False           # the monitor acknowledged us (only tracked when enrol is on)
+        self.enrolled = False           # the monitor acknowledged our HELLO (only tracked when enrol is on)
+        self._monitor_silent = False    # no ACK since the last report: the monitor may be down
         self.subscriptions = {}         # "name" or json of {"name","args"} -> {"operation", "every", "due"}
         self._next_report = None
         self._timer = None
@@ -142,7 +145,12 @@ class Agent(object):
             pass   # keep the default: only large requests suffer, and RESEND recovers them
         self.sock = sock
         self.address = sock.getsockname()
+        self.endpoint = protocol.Endpoint(
+            protocol.TO_AGENT, lambda ip, msg_id: self.keys, dedup={protocol.REQUEST: False}, answer_errors=True,
+            max_datagram=self.settings["max_datagram"], replay_window_s=self.settings["replay_window"],
+            reassembly_bytes=protocol.AGENT_REASSEMBLY_BYTES_TOTAL, not_before_ms=now_ms())
         self.loop.add_reader(sock, self._on_readable)
+        self.spool.load(time.time(), time.monotonic())
         self._load_subscriptions()
         self.configure_reporting()
         self._timer = self.loop.call_later(1.0, self._tick)
@@ -158,6 +166,7 @@ class Agent(object):
             except socket.gaierror as exc:
                 log.error("monitor %s cannot be resolved (%s); reports are off until SIGHUP", host, exc)
         self._next_report = time.monotonic() + min(self.settings["interval"], 1.0) if self.monitor_addr else None
+        self.enrolled = self._read_enrolled() == self.settings["monitor"] if self.settings["enrol"] else False
 
     def stop(self):
         if self.sock is not None:
@@ -186,81 +195,47 @@ class Agent(object):
                 self._count_drop("internal_error", peer)
 
     def handle_datagram(self, data, peer):
-        try:
-            packet = protocol.open_datagram(data, self.keys, protocol.TO_AGENT)
-        except protocol.ProtocolError as exc:
-            self._count_drop(exc.code, peer)
-            if exc.code == "unsupported_version":
-                # Signed by our key, so a peer that matters: tell it (unchunked, not cached).
-                self._send(peer, protocol.REPLY, protocol.error_reply(exc), protocol.peek_msg_id(data))
-            return
-        if packet.kind == protocol.RESEND:
-            self._handle_resend(peer, packet)
-        elif packet.kind == protocol.ACK:
-            self._handle_ack(peer, packet)
-        else:
-            self._handle_request_chunk(peer, packet)
+        endpoint = self.endpoint
+        for event in endpoint.feed(data, peer, now_ms(), time.monotonic()):
+            if isinstance(event, protocol.Message):
+                if event.kind == protocol.REQUEST:
+                    self._handle_request(event)
+                elif event.kind == protocol.ACK:
+                    self._handle_ack(event)
+            elif isinstance(event, protocol.Duplicate):
+                self.stats["duplicates"] += 1
+            else:
+                self._count_drop(event.code, peer)
+        self._flush()
 
-    def _handle_request_chunk(self, peer, packet):
-        # Requests are remembered by message id alone, not by sender address: the agent has one key,
-        # so a captured request replayed from another address or port is the same request.
-        key = packet.msg_id
-        skew = protocol.skew_error(packet.timestamp_ms, now_ms(), self.guard.window_ms / 1000.0)
-        if skew is not None:
-            self._count_drop("clock_skew", peer)
-            if packet.index == 0:
-                self._send(peer, protocol.REPLY, protocol.error_reply(skew), packet.msg_id, cache=False)
-            return
-        if key in self.in_progress:
-            self.stats["duplicates"] += 1
-            return
-        cached = self.outbox.get(None, packet.msg_id)
-        if cached is not None:
-            # A retransmitted request: same id, same answer, and the operations do not run again.
-            self.stats["duplicates"] += 1
-            if packet.index == 0:
-                self._sendto(peer, cached)
-            return
-        complete = self.reassembler.add(peer, packet, time.monotonic())
-        if complete is None:
-            if self._resend_timer is None:
-                self._resend_timer = self.loop.call_later(protocol.RESEND_GAP_S, self._ask_for_missing_chunks)
-            return
-        _, flags, timestamp_ms, body = complete
+    def _handle_request(self, message):
         try:
-            if self.guard.check(None, packet.msg_id, timestamp_ms, now_ms()):
-                self.stats["duplicates"] += 1   # seen, but its reply aged out of the outbox
-                return
-            self.guard.remember(None, packet.msg_id, timestamp_ms, now_ms())
-            obj = protocol.decode_body(flags, body)
-            operations, cluster_info = protocol.parse_request(obj)
+            operations, cluster_info = protocol.parse_request(message.obj)
         except protocol.ProtocolError as exc:
-            self._count_drop(exc.code, peer)
-            self._send(peer, protocol.REPLY, protocol.error_reply(exc), packet.msg_id)
+            self._count_drop(exc.code, message.addr)
+            self.endpoint.refuse(message.addr, message.msg_id, exc, self.keys, now_ms(), time.monotonic())
+            self._flush()
             return
         self.stats["requests"] += 1
-        self.in_progress.add(key)
-        self.run_operations(peer, packet.msg_id, operations, cluster_info, self._reply_done, protocol.REPLY)
+        self.run_operations(message.addr, message.msg_id, operations, cluster_info, self._reply_done,
+                            protocol.REPLY)
 
-    def _handle_resend(self, peer, packet):
-        if protocol.skew_error(packet.timestamp_ms, now_ms(), self.guard.window_ms / 1000.0):
-            self._count_drop("clock_skew", peer)
+    def _handle_ack(self, message):
+        if message.addr != self.monitor_addr:
+            self._count_drop("unexpected_ack", message.addr)
             return
-        sent = self.outbox.get(None, packet.msg_id)
-        if sent is None:
-            return
-        try:
-            self._sendto(peer, protocol.parse_resend(protocol.decode_body(packet.flags, packet.body), sent))
-        except protocol.ProtocolError as exc:
-            self._count_drop(exc.code, peer)
-
-    def _handle_ack(self, peer, packet):
-        if peer != self.monitor_addr:
-            self._count_drop("unexpected_ack", peer)
-            return
-        if not self.enrolled:
-            log.info("monitor %s:%d acknowledged this agent", peer[0], peer[1])
-        self.enrolled = True
+        what = message.obj.get("ack")
+        if what == "report":
+            if self.spool.ack(message.msg_id):
+                self.stats["reports_acked"] += 1
+            self.endpoint.forget(message.msg_id)
+            if self._monitor_silent:   # it is back: drain the backlog (at the spool's bounded rate)
+                self._monitor_silent = False
+                self.spool.hurry(time.monotonic())
+        elif what == "hello" and message.obj.get("state") == "trusted" and not self.enrolled:
+            log.info("monitor %s:%d trusts this agent's key", message.addr[0], message.addr[1])
+            self.enrolled = True
+            self._write_enrolled()
 
     # --- running operations -----------------------------------------------------------------------
 
@@ -341,7 +316,6 @@ class Agent(object):
             job.on_done(job)
 
     def _reply_done(self, job):
-        self.in_progress.discard(job.msg_id)
         reply = protocol.make_reply(job.results, job.cluster_info)
         if "error" in job.cluster_info:
             reply["status"] = False
@@ -351,28 +325,32 @@ class Agent(object):
 
     # --- sending ----------------------------------------------------------------------------------
 
-    def _send(self, peer, kind, obj, msg_id=None, cache=True, compress=True):
+    def _send(self, addr, kind, obj, msg_id=None, response=True, cache=True, compress=True):
+        """Encode and send through the endpoint; an object that cannot be encoded becomes an error reply."""
+        wall, mono = now_ms(), time.monotonic()
         try:
-            msg_id, datagrams = protocol.encode(kind, obj, self.keys, protocol.TO_CONTROLLER, msg_id, now_ms(),
-                                                self.settings["max_datagram"], compress)
+            payload = protocol.dump_json(obj) if not isinstance(obj, bytes) else obj
+            if len(payload) > protocol.MAX_MESSAGE_BYTES:
+                raise protocol.ProtocolError("too_large", "message is %d bytes, the limit is %d"
+                                             % (len(payload), protocol.MAX_MESSAGE_BYTES))
         except (protocol.ProtocolError, TypeError, ValueError) as exc:
-            log.error("cannot encode a %s for %s: %s", protocol.KIND_NAMES[kind], peer[0], exc)
+            log.error("cannot encode a %s for %s: %s", protocol.KIND_NAMES[kind], addr[0], exc)
             error = protocol.ProtocolError("too_large" if isinstance(exc, protocol.ProtocolError) else "failed",
                                            "the reply could not be encoded: %s" % exc)
-            msg_id, datagrams = protocol.encode(kind, protocol.error_reply(error), self.keys,
-                                                protocol.TO_CONTROLLER, msg_id, now_ms())
-        if cache:
-            self.outbox.put(None, msg_id, datagrams, time.monotonic())
-        self._sendto(peer, datagrams)
+            payload = protocol.dump_json(protocol.error_reply(error))
+        msg_id = self.endpoint.send(addr, kind, payload, self.keys, wall, mono, msg_id, response, cache, compress)
+        self._flush()
         return msg_id
 
-    def _sendto(self, peer, datagrams):
-        for datagram in datagrams:
+    def _flush(self):
+        sock = self.sock
+        if sock is None:
+            return
+        for addr, datagram in self.endpoint.datagrams_to_send():
             try:
-                self.sock.sendto(datagram, peer)
+                sock.sendto(datagram, addr)
             except OSError as exc:   # full buffers or an unreachable peer must not stop the agent
-                self._count_drop("send_failed", peer, str(exc))
-                return
+                self._count_drop("send_failed", addr, str(exc))
 
     def _count_drop(self, reason, peer, detail=""):
         dropped = self.stats["dropped"]
@@ -383,30 +361,33 @@ class Agent(object):
             log.warning("dropped datagram from %s: %s%s (%d so far)", peer[0], reason,
                         " (%s)" % detail if detail else "", dropped[reason])
 
-    # --- reporting --------------------------------------------------------------------------------
+    # --- timers and reporting ---------------------------------------------------------------------
 
     def _ask_for_missing_chunks(self):
         """While partial requests wait, ask for their missing chunks every RESEND_GAP_S."""
         self._resend_timer = None
         if self.sock is None:
             return
-        mono = time.monotonic()
-        self.reassembler.expire(mono)
-        for peer, msg_id, missing in self.reassembler.missing(mono):
-            self._send(peer, protocol.RESEND, protocol.resend_payload(missing, self.settings["max_datagram"]),
-                       msg_id, cache=False)
-        if self.reassembler.pending():
+        self.endpoint.tick(now_ms(), time.monotonic())
+        self._flush()
+        if self.endpoint.reassembler.pending():
             self._resend_timer = self.loop.call_later(protocol.RESEND_GAP_S, self._ask_for_missing_chunks)
 
     def _tick(self):
-        """Once a second: age out cached replies and send due reports (partial requests have their own timer)."""
+        """Once a second: age out state, resend unacknowledged reports, send due reports."""
         self._timer = self.loop.call_later(1.0, self._tick)
-        mono = time.monotonic()
-        self.outbox.expire(mono)
         if self.sock is None:
             return
+        mono = time.monotonic()
+        if self.endpoint.reassembler.pending() and self._resend_timer is None:
+            self._resend_timer = self.loop.call_later(protocol.RESEND_GAP_S, self._ask_for_missing_chunks)
+        self.endpoint.tick(now_ms(), mono)
         if self.monitor_addr is None:
+            self._flush()
             return
+        for msg_id, payload in self.spool.due(time.time(), mono):
+            self._monitor_silent = True
+            self._send(self.monitor_addr, protocol.REPORT, payload, msg_id, response=False)
         due = []
         if mono >= self._next_report:
             self._next_report = mono + self.settings["interval"]
@@ -417,6 +398,7 @@ class Agent(object):
                 due.append(entry["operation"])
         if due:
             self.report(due)
+        self._flush()
 
     def report(self, operations):
         """Run operations and push the signed results to the monitor (a HELLO first while enrolling)."""
@@ -425,7 +407,8 @@ class Agent(object):
             hello = {"version": protocol.VERSION_STRING, "key": binascii.hexlify(self.keys.key).decode(),
                      "hostname": socket.gethostname(), "agent_version": __version__}
             # Uncompressed: the monitor reads a HELLO before it can verify it, and refuses zlib there.
-            self._send(self.monitor_addr, protocol.HELLO, hello, cache=False, compress=False)
+            self._send(self.monitor_addr, protocol.HELLO, hello, response=False, cache=False, compress=False)
+            self.stats["hellos"] += 1
         self.run_operations(self.monitor_addr, None, operations, None, self._report_done, protocol.REPORT)
 
     def _report_done(self, job):
@@ -433,8 +416,26 @@ class Agent(object):
             return
         reply = protocol.make_reply(job.results)
         reply["reported_at"] = now_ms() / 1000.0
-        self._send(self.monitor_addr, protocol.REPORT, reply)
+        payload = protocol.dump_json(reply)
+        msg_id = self._send(self.monitor_addr, protocol.REPORT, payload, response=False)
+        self.spool.add(msg_id, payload, time.time(), time.monotonic())
         self.stats["reports"] += 1
+
+    def _enrolled_path(self):
+        return os.path.join(self.state_dir, ENROLLED_FILE)
+
+    def _read_enrolled(self):
+        try:
+            with open(self._enrolled_path()) as handle:
+                return handle.read(1024).strip()
+        except (IOError, OSError):
+            return None
+
+    def _write_enrolled(self):
+        try:
+            write_private_file(self._enrolled_path(), self.settings["monitor"] + "\n")
+        except (IOError, OSError) as exc:
+            log.error("cannot remember the enrolment in %s: %s", self._enrolled_path(), exc)
 
     # --- agent-internal operations (registered in __init__) --------------------------------------
 
@@ -442,8 +443,11 @@ class Agent(object):
         """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason."""
         out = dict(self.stats)
         out["dropped"] = dict(self.stats["dropped"])
-        out.update(pending_operations=self.pool.pending, partial_messages=self.reassembler.pending(),
-                   cached_replies=len(self.outbox), remembered_ids=len(self.guard),
+        endpoint = self.endpoint
+        out.update(pending_operations=self.pool.pending, partial_messages=endpoint.reassembler.pending(),
+                   cached_replies=len(endpoint.outbox), remembered_ids=len(endpoint.guard),
+                   known_addresses=len(endpoint.addresses), spooled_reports=len(self.spool),
+                   spool_bytes=self.spool.size, spool_dropped=self.spool.dropped,
                    subscriptions=len(self.subscriptions), enrolled=self.enrolled)
         return out
 
@@ -456,7 +460,7 @@ class Agent(object):
         if not isinstance(operations, list) or not operations:
             raise ValueError("operations must be a non-empty list")
         every = float(every)
-        if every < MIN_SUBSCRIPTION_EVERY_S:
+        if not math.isfinite(every) or every < MIN_SUBSCRIPTION_EVERY_S:
             raise ValueError("every must be at least %g seconds" % MIN_SUBSCRIPTION_EVERY_S)
         for item in operations:
             name, args = protocol.parse_operation(item)
@@ -503,9 +507,12 @@ class Agent(object):
                 saved = json.loads(handle.read())
             for entry in saved:
                 name, args = protocol.parse_operation(entry["operation"])
+                every = float(entry["every"])
+                if not math.isfinite(every):
+                    raise ValueError("every is %r" % every)
+                every = max(every, MIN_SUBSCRIPTION_EVERY_S)
                 self.subscriptions[_subscription_key(name, args)] = {
-                    "operation": entry["operation"], "every": max(float(entry["every"]), MIN_SUBSCRIPTION_EVERY_S),
-                    "due": time.monotonic() + float(entry["every"])}
+                    "operation": entry["operation"], "every": every, "due": time.monotonic() + every}
         except (IOError, ValueError, KeyError, TypeError) as exc:
             log.error("ignoring unreadable %s: %s", path, exc)
 

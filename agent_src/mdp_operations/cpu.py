@@ -27,17 +27,19 @@ def _sample_pair(interval):
     if not isinstance(interval, (int, float)) or isinstance(interval, bool) \
             or not 0 < interval <= MAX_INTERVAL:
         raise ValueError("interval must be a number of seconds in (0, {}]".format(MAX_INTERVAL))
+    # The lock guards only the shared sample, never the sleep: concurrent calls sample side by side
+    # instead of queueing behind each other's intervals on the worker pool.
+    key = _host.identity()
     with _lock:
-        key = _host.identity()
-        old, at = _previous["stat"], _previous["at"]
-        if _previous["key"] != key:
-            old = None
+        old, at = (_previous["stat"], _previous["at"]) if _previous["key"] == key else (None, None)
+    new, now = _procfs.stat(), time.time()
+    if old is None or _procfs.total_ticks(new["cpu"]) <= _procfs.total_ticks(old["cpu"]):
+        old, at = new, now
+        time.sleep(interval)
         new, now = _procfs.stat(), time.time()
-        if old is None or _procfs.total_ticks(new["cpu"]) <= _procfs.total_ticks(old["cpu"]):
-            old, at = new, now
-            time.sleep(interval)
-            new, now = _procfs.stat(), time.time()
-        _previous.update(key=key, stat=new, at=now)
+    with _lock:
+        if _previous["key"] != key or _previous["at"] is None or now >= _previous["at"]:
+            _previous.update(key=key, stat=new, at=now)
     return old, new, now - at
 
 

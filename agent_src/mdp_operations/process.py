@@ -52,15 +52,18 @@ def _cpu_ticks(fields):
 
 def _cpu_percents(interval):
     """({pid: (comm, fields)}, {pid: percent of one CPU since the previous sample})."""
+    # The lock guards only the shared sample, never the sleep (see cpu.usage).
+    key = _host.identity()
     with _lock:
-        key = _host.identity()
         old = dict(_previous) if _previous["key"] == key else None
+    procs, ticks, cpus = _snapshot()
+    if old is None or ticks <= old["ticks"]:
+        old = {"procs": procs, "ticks": ticks}
+        time.sleep(interval)
         procs, ticks, cpus = _snapshot()
-        if old is None or ticks <= old["ticks"]:
-            old = {"procs": procs, "ticks": ticks}
-            time.sleep(interval)
-            procs, ticks, cpus = _snapshot()
-        _previous.update(key=key, ticks=ticks, procs=procs)
+    with _lock:
+        if _previous["key"] != key or _previous["ticks"] is None or ticks >= _previous["ticks"]:
+            _previous.update(key=key, ticks=ticks, procs=procs)
     elapsed = ticks - old["ticks"]
     percents = {}
     for pid, (comm, fields) in procs.items():

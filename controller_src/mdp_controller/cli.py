@@ -11,6 +11,7 @@ import sys
 import time
 
 from mdp_agent import protocol
+from mdp_agent.errors import error_text
 
 from . import client
 from .keystore import KeyStore, KeyStoreError, normalise_ip
@@ -127,7 +128,7 @@ def print_replies(replies: dict[str, dict], out=sys.stdout):
     width = max((len(ip) for ip in replies), default=0)
     for ip, reply in replies.items():
         if "error" in reply and not reply.get("operations"):
-            print(f"{ip:<{width}}  FAILED  {reply['error']}", file=out)
+            print(f"{ip:<{width}}  FAILED  {error_text(reply['error'])}", file=out)
             continue
         print(f"{ip:<{width}}  {'OK' if reply.get('status') else 'FAILED'}", file=out)
         names = [str(item.get("name")) for item in reply.get("operations", [])]
@@ -243,7 +244,7 @@ def cmd_ops(args) -> int:
                                    port=args.port, timeout=args.timeout)
         reply = replies[args.from_ip]
         if not reply.get("status"):
-            print(f"mdp ops: {reply.get('error') or reply['operations'][0].get('error')}", file=sys.stderr)
+            print(f"mdp ops: {error_text(reply.get('error') or reply['operations'][0].get('error'))}", file=sys.stderr)
             return 1
         described = reply["operations"][0]["result"]
     else:
@@ -271,11 +272,16 @@ def cmd_keys(args) -> int:
             elif not rows:
                 print(f"no keys in {keystore.path}")
             for row in rows if not args.json else []:
-                print(f"{row['ip']:<16} {row['state']:<9} {row['path']}")
+                print(f"{row['ip']:<16} {row['state']:<9} {row['fingerprint'] or '?':<19}  {row['path']}")
             return 0
         if not args.ip:
             raise UsageError(f"keys {args.action}: give the machine's IP")
-        path = getattr(keystore, args.action)(args.ip)
+        if args.fingerprint and args.action != "accept":
+            raise UsageError("--fingerprint goes with `keys accept`")
+        if args.action == "accept":
+            path = keystore.accept(args.ip, args.fingerprint)
+        else:
+            path = getattr(keystore, args.action)(args.ip)
         print(f"{args.action}: {args.ip} -> {path}")
         return 0
     except KeyStoreError as exc:
@@ -336,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, timeout=False)
     p.add_argument("action", choices=["list", "accept", "reject", "revoke"])
     p.add_argument("ip", nargs="?", help="the machine (for accept, reject, revoke)")
+    p.add_argument("--fingerprint", metavar="FP", help="accept only if the offered key has this fingerprint "
+                   "(the agent logs its own at start: `key fingerprint XXXX-XXXX-XXXX-XXXX`)")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(func=cmd_keys)
 

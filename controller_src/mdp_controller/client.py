@@ -1,11 +1,13 @@
-"""Async fan-out: sign one request per machine, send over UDP, retransmit like CoAP, verify replies.
+"""Async fan-out: one request per machine over UDP, retransmitted like CoAP, replies verified.
 
     replies = send_sync(["10.0.0.5", "10.0.0.6"], ["ping", {"name": "process.top", "args": {"n": 3}}])
     replies["10.0.0.5"] -> {"status": True, "version": "1.0", "operations": [...], "cluster_info": {}}
-                        or {"status": False, "error": "timeout: no reply from 10.0.0.5:12345 after 5 tries ..."}
+                        or {"status": False, "error": {"code": "timeout", "message": "no reply from ..."},
+                            "operations": [], "cluster_info": {}}
 
-One UDP socket serves every machine; replies are matched by (address, message id), so thousands of
-machines cost one file descriptor and a few bytes of state each.
+One UDP socket (IPv6 and IPv4) serves every machine; every datagram goes through the protocol's
+Endpoint, and replies are matched by message id, so thousands of machines cost one file descriptor
+and a few bytes of state each.
 """
 
 from __future__ import annotations
@@ -27,21 +29,27 @@ DEFAULT_TIMEOUT_S = 15.0
 # ~1 KiB of kernel memory) while keeping a LAN-speed fan-out busy.
 DEFAULT_CONCURRENCY = 2048
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
+# Refusals that a fresh copy of the same request cures (a new msg_id and timestamp): the agent
+# restarted after we stamped it, or our stamp fell below its replay floor. Tried this many times.
+RETRYABLE = ("restarted", "stale")
+MAX_FRESH_TRIES = 3
 
 
 @dataclass(eq=False)
 class _Pending:
     ip: str
-    port: int
+    addr: tuple
     keys: protocol.KeyPair
     msg_id: bytes
     datagrams: list[bytes]
+    payload: bytes
     batch: _Batch
     deadline: float
     timeout: float
     delays: list[float]
     attempt: int = 0
     tries: int = 0
+    fresh_tries: int = 0
     bad_signatures: int = 0
     partial: bool = False
     timer: asyncio.TimerHandle | None = None
@@ -71,6 +79,11 @@ class _Batch:
             self.start_more()
 
 
+def failure(code: str, message: str) -> dict:
+    """A result for a machine that did not answer as asked: the one error model, {"code", "message"}."""
+    return {"status": False, "error": {"code": code, "message": message}, "operations": [], "cluster_info": {}}
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, client: Client):
         self.client = client
@@ -80,10 +93,30 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data, addr):
-        self.client._on_datagram(data, addr)
+        self.client._on_datagram(data, addr[:2])
 
     def error_received(self, exc):   # ICMP unreachable and the like: the retry timer copes
         pass
+
+
+def _open_socket() -> tuple[socket.socket, bool]:
+    """A dual-stack UDP socket when IPv6 exists here (IPv4 then travels as ::ffff:a.b.c.d), else IPv4."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+        dual = True
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", 0))
+        dual = False
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER_BYTES)
+            break
+        except (OSError, TypeError):
+            continue
+    return sock, dual
 
 
 class Client:
@@ -95,29 +128,32 @@ class Client:
         self.max_datagram = max_datagram
         self.rng = rng or random.Random()
         self._pending: dict[bytes, _Pending] = {}   # by msg_id
-        self._reassembler = protocol.Reassembler()
-        self._endpoint: _Endpoint | None = None
+        self.endpoint = protocol.Endpoint(protocol.TO_CONTROLLER, self._keys_for, max_datagram=max_datagram)
+        self._transport: _Endpoint | None = None
         self._resend_task: asyncio.Task | None = None
+        self._dual = False
+
+    def _keys_for(self, ip: str, msg_id: bytes):
+        pending = self._pending.get(msg_id)
+        return pending.keys if pending is not None else None
 
     async def __aenter__(self):
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER_BYTES)
-                break
-            except (OSError, TypeError):
-                continue
-        sock.bind(("0.0.0.0", 0))
-        _, self._endpoint = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
-        self._resend_task = asyncio.create_task(self._ask_for_missing_chunks())
+        sock, self._dual = _open_socket()
+        _, self._transport = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
+        self._resend_task = asyncio.create_task(self._tick())
         return self
 
     async def __aexit__(self, *exc):
         if self._resend_task:
             self._resend_task.cancel()
-        if self._endpoint and self._endpoint.transport:
-            self._endpoint.transport.close()
+        if self._transport and self._transport.transport:
+            self._transport.transport.close()
+
+    def _addr(self, ip: str, port: int) -> tuple:
+        if self._dual and ":" not in ip:
+            return ("::ffff:" + ip, port)
+        return (ip, port)
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -125,7 +161,7 @@ class Client:
                         port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT_S,
                         concurrency: int = DEFAULT_CONCURRENCY,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
-        """Ask every target; returns {ip: reply or {"status": False, "error": "..."}} in target order.
+        """Ask every target; returns {ip: reply or failure(code, message)} in target order.
 
         No task per machine: each request is a table entry with one loop timer driving its
         retransmissions, and at most `concurrency` are in flight (about 100 us of CPU per machine).
@@ -155,26 +191,33 @@ class Client:
         try:
             keys = self.keystore.get(ip)
         except KeyStoreError as exc:
-            batch.finish(ip, {"status": False, "error": str(exc)})
+            batch.finish(ip, failure(exc.code, exc.message))
             return
-        msg_id = protocol.new_msg_id()
-        datagrams = protocol.encode_message(protocol.REQUEST, payload, keys.to_agent, msg_id,
-                                            int(time.time() * 1000), self.max_datagram)
         now = batch.loop.time()
-        pending = _Pending(ip, port, keys, msg_id, datagrams, batch, now + timeout, timeout,
+        pending = _Pending(ip, self._addr(ip, port), keys, b"", [], payload, batch, now + timeout, timeout,
                            protocol.retransmit_delays(self.rng))
-        self._pending[msg_id] = pending
+        self._stamp(pending)
         self._transmit(pending)
+
+    def _stamp(self, pending: _Pending):
+        """Give the request a new msg_id and timestamp (its first send, or a fresh try)."""
+        self._pending.pop(pending.msg_id, None)
+        pending.msg_id = protocol.new_msg_id()
+        self._pending[pending.msg_id] = pending
+        self.endpoint.send(pending.addr, protocol.REQUEST, pending.payload, pending.keys, int(time.time() * 1000),
+                           time.monotonic(), pending.msg_id, response=False)
+        pending.datagrams = self.endpoint.outbox.get(pending.msg_id) or []
+        self.endpoint.datagrams_to_send()   # _transmit sends them, and again on each retransmission
 
     def _transmit(self, pending: _Pending):
         """Send (or, for a partial reply, let RESENDs work) and arm the next retransmission."""
         now = pending.batch.loop.time()
         if now >= pending.deadline or pending.attempt >= len(pending.delays):
-            self._finish(pending, {"status": False, "error": self._timeout_message(pending, pending.timeout)})
+            self._finish(pending, self._timeout(pending))
             return
         if not pending.partial:   # a partial reply is completed by RESENDs, not by asking again
             pending.tries += 1
-            self._sendto(pending.datagrams, (pending.ip, pending.port))
+            self._sendto(pending.datagrams, pending.addr)
         wake = min(now + pending.delays[pending.attempt], pending.deadline)
         pending.attempt += 1
         pending.timer = pending.batch.loop.call_at(wake, self._transmit, pending)
@@ -184,80 +227,81 @@ class Client:
             return   # already finished
         if pending.timer is not None:
             pending.timer.cancel()
+        self.endpoint.forget(pending.msg_id)
         pending.batch.finish(pending.ip, result)
 
     @staticmethod
-    def _timeout_message(p: _Pending, timeout: float) -> str:
+    def _timeout(p: _Pending) -> dict:
         if p.bad_signatures:
-            return (f"bad signature: {p.bad_signatures} replies from {p.ip} did not verify with its key in "
-                    f"the key store (the machine's key changed? re-deploy or `mdp keys revoke {p.ip}`)")
+            return failure("bad_signature", f"{p.bad_signatures} replies from {p.ip} did not verify with its key in "
+                           f"the key store (the machine's key changed? re-deploy or `mdp keys revoke {p.ip}`)")
         if p.partial:
-            return f"timeout: the reply from {p.ip}:{p.port} arrived incomplete within {timeout:g} s"
-        return (f"timeout: no reply from {p.ip}:{p.port} after {p.tries} tries in {timeout:g} s "
-                "(agent down, wrong port, a firewall dropping UDP, or a key in the key store that is not "
-                "this agent's: an agent ignores requests it cannot verify)")
+            return failure("timeout", f"the reply from {p.ip}:{p.addr[1]} arrived incomplete within {p.timeout:g} s")
+        return failure("timeout", f"no reply from {p.ip}:{p.addr[1]} after {p.tries} tries in {p.timeout:g} s "
+                       "(agent down, wrong port, a firewall dropping UDP, or a key in the key store that is not "
+                       "this agent's: an agent ignores requests it cannot verify)")
 
-    def _sendto(self, datagrams: list[bytes], addr: tuple[str, int]):
-        transport = self._endpoint.transport
+    def _sendto(self, datagrams: list[bytes], addr: tuple):
+        transport = self._transport.transport
         for datagram in datagrams:
+            transport.sendto(datagram, addr)
+
+    def _flush(self):
+        transport = self._transport.transport
+        for addr, datagram in self.endpoint.datagrams_to_send():
             transport.sendto(datagram, addr)
 
     # --- receiving --------------------------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, addr):
-        # Replies are matched by message id, not by source address: a multi-homed agent bound to the
-        # wildcard answers from whichever address its kernel routes by. The id (bytes 10-17 of the
-        # header) only picks the key to verify with; nothing is trusted before the MAC checks.
-        pending = self._pending.get(protocol.peek_msg_id(data))
-        if pending is None:
-            return   # not ours, or a late duplicate of a reply already delivered
-        try:
-            packet = protocol.open_datagram(data, pending.keys, protocol.TO_CONTROLLER)
-        except protocol.ProtocolError as exc:
-            if exc.code == "bad_signature":
+        # Matched by message id, not by source address: a multi-homed agent bound to the wildcard
+        # answers from whichever address its kernel routes by. Nothing is trusted before the MAC checks.
+        for event in self.endpoint.feed(data, addr, int(time.time() * 1000), time.monotonic()):
+            pending = self._pending.get(event.msg_id)
+            if pending is None:
+                continue
+            if isinstance(event, protocol.Message):
+                if event.kind == protocol.REPLY:
+                    self._on_reply(pending, event.obj)
+            elif isinstance(event, protocol.Refusal) and event.code == "bad_signature":
                 pending.bad_signatures += 1
+        pending = self._pending.get(protocol.peek_msg_id(data))
+        if pending is not None and self.endpoint.reassembler.has(addr[0], pending.msg_id):
+            pending.partial = True
+        self._flush()
+
+    def _on_reply(self, pending: _Pending, reply: dict):
+        error = reply.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if code in RETRYABLE and pending.fresh_tries < MAX_FRESH_TRIES and \
+                pending.batch.loop.time() < pending.deadline:
+            # The agent cannot tell this copy from a replay (it restarted, or our stamp is below its
+            # floor): ask again as a new request. The user never sees this.
+            pending.fresh_tries += 1
+            if pending.timer is not None:
+                pending.timer.cancel()
+            pending.attempt, pending.partial = 0, False
+            self._stamp(pending)
+            self._transmit(pending)
             return
-        if packet.kind == protocol.RESEND:   # the agent lost chunks of our request
-            try:
-                wanted = protocol.parse_resend(protocol.decode_body(packet.flags, packet.body), pending.datagrams)
-            except protocol.ProtocolError:
-                return
-            self._sendto(wanted, (pending.ip, pending.port))
-            return
-        if packet.kind != protocol.REPLY:
-            return
-        pending.partial = packet.count > 1
-        complete = self._reassembler.add(pending.ip, packet, time.monotonic())
-        if complete is None:
-            return
-        _, flags, _, body = complete
-        try:
-            reply = protocol.decode_body(flags, body)
-        except protocol.ProtocolError as exc:
-            reply = {"status": False, "error": f"bad reply from {pending.ip}: {exc.message}"}
         self._finish(pending, _normalise_reply(pending.ip, reply))
 
-    async def _ask_for_missing_chunks(self):
+    async def _tick(self):
         """Every RESEND_GAP_S: ask agents for the chunks of replies that stopped short."""
         while True:
             await asyncio.sleep(protocol.RESEND_GAP_S)
-            now = time.monotonic()
-            self._reassembler.expire(now)
-            for ip, msg_id, missing in self._reassembler.missing(now):
-                pending = self._pending.get(msg_id)
-                if pending is None:
-                    continue
-                _, datagrams = protocol.encode(protocol.RESEND, protocol.resend_payload(missing, self.max_datagram),
-                                               pending.keys, protocol.TO_AGENT, msg_id, int(time.time() * 1000))
-                self._sendto(datagrams, (ip, pending.port))
+            self.endpoint.tick(int(time.time() * 1000), time.monotonic())
+            self._flush()
 
 
 def _normalise_reply(ip: str, reply: dict) -> dict:
-    """A reply as callers see it; a whole-request refusal becomes {"status": False, "error": "..."}."""
+    """A reply as callers see it; a whole-request refusal keeps its {"code", "message"} error object."""
     error = reply.get("error")
     if isinstance(error, dict):
-        code, message = error.get("code", "error"), error.get("message", "")
-        reply = dict(reply, status=False, error=f"{code.replace('_', ' ')}: {ip} says {message}")
+        code = str(error.get("code", "error"))
+        reply = dict(reply, status=False, error=dict(error, code=code, message=f"{ip} says {error.get('message', '')}"))
+    elif error is not None:
+        reply = dict(reply, status=False, error={"code": "error", "message": str(error)})
     reply.setdefault("operations", [])
     reply.setdefault("cluster_info", {})
     reply["status"] = bool(reply.get("status"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
+from mdp_agent.errors import error_text
+
 from . import client
 
 SendMany = Callable[..., Awaitable[dict[str, dict]]]
@@ -30,12 +32,11 @@ def seed_cluster_info(targets: Iterable[str], folder: str, mode: str = MODE_SYNC
 def _result(reply: dict, operation: str):
     """(result, None) of the named operation in a reply, or (None, error text)."""
     if not reply.get("status") and reply.get("error"):
-        return None, str(reply["error"])
+        return None, error_text(reply["error"])
     for item in reply.get("operations", []):
         if item.get("name") == operation:
             if "error" in item:
-                err = item["error"]
-                return None, f"{err.get('code', 'error')}: {err.get('message', '')}"
+                return None, error_text(item["error"])
             return item.get("result"), None
     return None, f"no {operation} in the reply"
 

@@ -1,32 +1,69 @@
-"""The collector behind `mdp monitor`: receives agents' signed reports and HELLOs on UDP, stores reports.
+"""The collector behind `mdp monitor`: receives agents' reports and HELLOs on UDP and stores reports.
 
-Reports: verified with the key in .known_machines/<source ip>.txt, checked against the replay window
-and the seen-id cache, reassembled when chunked, stored in SQLite, acknowledged with a signed ACK.
+Every datagram goes through the protocol's Endpoint (verify, skew, de-duplicate, reassemble, decode).
+Reports are stored in SQLite and acknowledged only once a committed transaction holds them, so an
+ACK always means "stored"; a report sent again is acknowledged again and stored once (its msg_id
+is unique in the database, across restarts of the monitor).
+
 HELLO (enrolment): an unknown machine's offered key is filed under pending/ (or trusted at once
-with --accept-new); a known machine offering a different key is refused and reported, never trusted.
+with --accept-new); the first offer for an address stays, a different later one is reported, never
+swapped in; a known machine offering a different key is refused and reported, never trusted. The
+path for strangers is cheap and stateless: constant work per datagram, a rate limit before any
+disk write, nothing written twice, and every log line rate-limited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import socket
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from mdp_agent import protocol
 
-from .keystore import KeyStore, KeyStoreError
+from .keystore import KeyStore, KeyStoreError, unmap_ip
 from .storage import ReportStore
 
 log = logging.getLogger("mdp.monitor")
 
-FLUSH_INTERVAL_S = 0.2         # reports reach SQLite within this long; one transaction per flush
+FLUSH_INTERVAL_S = 0.2         # reports reach SQLite (and are ACKed) within this long; one transaction each
 FLUSH_BATCH = 5000             # or as soon as this many are waiting
+# A failed flush (disk full, database locked) is retried after 0.2 s, doubling to at most 5 s: not
+# once per datagram, which turned an outage into a storm of failing transactions.
+FLUSH_RETRY_MAX_S = 5.0
 # Keys offered by strangers and waiting for `mdp keys accept`. Anyone can send a HELLO from any
 # (forged) address; past this many, new offers are refused until the operator clears pending/.
 MAX_PENDING_KEYS = 256
+# New offers written to pending/ per second, whatever their source: each costs a file and an fsync,
+# and forged sources make a per-address limit alone worthless. Ten a second enrols a fleet of
+# hundreds in a minute; a flood costs at most ten writes a second.
+OFFERS_PER_S = 10.0
+# HELLOs from strangers examined per second per source IP (a token bucket, burst 5): each costs an
+# HMAC with the offered key; past the rate they are dropped before any work.
+STRANGER_HELLOS_PER_S = 2.0
+STRANGER_BURST = 5.0
+STRANGER_TABLE_ENTRIES = 4096  # sources tracked for that limit (LRU: forged sources cannot grow it)
+WARN_INTERVAL_S = 60.0         # one log line per cause per minute
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
+
+
+class _Bucket:
+    """A token bucket: rate per second, burst."""
+
+    __slots__ = ("credit", "at")
+
+    def __init__(self, burst: float, now: float):
+        self.credit, self.at = burst, now
+
+    def take(self, rate: float, burst: float, now: float) -> bool:
+        self.credit = min(burst, self.credit + (now - self.at) * rate)
+        self.at = now
+        if self.credit < 1.0:
+            return False
+        self.credit -= 1.0
+        return True
 
 
 class Collector(asyncio.DatagramProtocol):
@@ -34,11 +71,16 @@ class Collector(asyncio.DatagramProtocol):
         self.keystore = keystore
         self.store = store
         self.accept_new = accept_new
-        self.guard = protocol.ReplayGuard()
-        self.reassembler = protocol.Reassembler()
+        self.endpoint = protocol.Endpoint(protocol.TO_CONTROLLER, self._keys_for, dedup={protocol.REPORT: True})
         self.transport: asyncio.DatagramTransport | None = None
-        self.stats = {"received": 0, "reports": 0, "hellos": 0, "dropped": {}}
+        self.stats = {"received": 0, "reports": 0, "acked": 0, "hellos": 0, "dropped": {}}
         self._warned: dict[str, float] = {}
+        self._strangers: OrderedDict[str, _Bucket] = OrderedDict()
+        self._offers = _Bucket(OFFERS_PER_S, time.monotonic())
+        self._pending_count: int | None = None
+        self._offered: set[tuple[str, str]] = set()   # (ip, key) already handled: never written twice
+        self._flush_failures = 0
+        self._next_flush = 0.0
 
     # --- asyncio plumbing -------------------------------------------------------------------------
 
@@ -48,160 +90,221 @@ class Collector(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr):
         self.stats["received"] += 1
         try:
-            self.handle(data, addr[0], addr[:2])
-        except Exception:   # one bad datagram must never stop collection
-            log.exception("unexpected error handling a datagram from %s", addr[0])
+            self.handle(data, addr[:2])
+        except Exception:   # one bad datagram must never stop collection (and never floods the log)
+            self._drop(addr[0], "internal_error")
+            if self._may_warn("internal_error"):
+                log.exception("unexpected error handling a datagram from %s", addr[0])
         if len(self.store.buffer) >= FLUSH_BATCH:
-            self.store.flush()
+            self.flush()
 
     def error_received(self, exc):
         pass
 
+    def flush(self):
+        """Commit buffered reports and ACK what the transaction holds; back off while the disk refuses."""
+        now = time.monotonic()
+        if now < self._next_flush:
+            return
+        acks = self.store.flush()
+        if self.store.last_error:
+            self._flush_failures += 1
+            delay = min(FLUSH_RETRY_MAX_S, FLUSH_INTERVAL_S * 2 ** self._flush_failures)
+            self._next_flush = now + delay
+            self._warn("storage", f"cannot write to the database ({self.store.last_error}); "
+                       f"{len(self.store.buffer)} reports wait, unacknowledged; retrying in {delay:.1f} s")
+            return
+        if self._flush_failures:
+            log.info("the database takes writes again; %d reports stored", len(acks))
+        self._flush_failures = 0
+        wall, mono = _now_ms(), now
+        for addr, keys, msg_id in acks:
+            self.endpoint.send(addr, protocol.ACK, {"ack": "report"}, keys, wall, mono, msg_id, cache=False)
+        self.stats["acked"] += len(acks)
+        self._transmit()
+
     async def run_flusher(self):
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            self.store.flush()
-            now = time.monotonic()
-            self.reassembler.expire(now)
-            for ip_port, msg_id, missing in self.reassembler.missing(now):
-                try:
-                    keys = self.keystore.get(ip_port[0])
-                except KeyStoreError:
-                    continue
-                self._send(ip_port, protocol.RESEND, protocol.resend_payload(missing), keys, msg_id)
-            if self.store.last_error:
-                self._warn(None, "storage", f"cannot write to the database ({self.store.last_error}); "
-                           f"{len(self.store.buffer)} reports held in memory")
+            self.flush()
+            self.endpoint.tick(_now_ms(), time.monotonic())
+            self._transmit()
 
     # --- handling ---------------------------------------------------------------------------------
 
-    def handle(self, data: bytes, ip: str, addr):
+    def _keys_for(self, ip: str, msg_id: bytes):
         try:
-            keys = self.keystore.get(ip)
+            return self.keystore.get(unmap_ip(ip))
         except KeyStoreError:
-            keys = None
-        if keys is None:
-            self._hello_from_stranger(data, ip, addr)
-            return
-        try:
-            packet = protocol.open_datagram(data, keys, protocol.TO_CONTROLLER)
-        except protocol.ProtocolError as exc:
-            if exc.code == "bad_signature" and self._offered_key_differs(data, ip, keys):
-                return
-            self._drop(ip, exc.code)
-            return
-        if packet.kind == protocol.HELLO:
-            self.stats["hellos"] += 1
-            self._send(addr, protocol.ACK, {"ack": "hello", "state": "trusted"}, keys)
-            return
-        if packet.kind != protocol.REPORT:
-            self._drop(ip, "unexpected_kind")
-            return
-        skew = protocol.skew_error(packet.timestamp_ms, _now_ms(), self.guard.window_ms / 1000.0)
-        if skew is not None:
-            self._drop(ip, "clock_skew", skew.message)
-            return
-        complete = self.reassembler.add(addr, packet, time.monotonic())
-        if complete is None:
-            return
-        _, flags, timestamp_ms, body = complete
-        try:
-            if self.guard.check(ip, packet.msg_id, timestamp_ms, _now_ms()):
+            return None
+
+    def handle(self, data: bytes, addr):
+        for event in self.endpoint.feed(data, addr, _now_ms(), time.monotonic()):
+            ip = unmap_ip(addr[0])
+            if isinstance(event, protocol.Message):
+                if event.kind == protocol.REPORT:
+                    self._store(ip, event)
+                elif event.kind == protocol.HELLO:
+                    self.stats["hellos"] += 1
+                    self._ack_hello(addr, event.keys)
+                else:
+                    self._drop(ip, "unexpected_kind")
+            elif isinstance(event, protocol.Duplicate):
+                # Sent again: its ACK was lost. ACK again once stored (still buffered: the flush will).
                 self._drop(ip, "duplicate")
-                return
-            self.guard.remember(ip, packet.msg_id, timestamp_ms, _now_ms())
-            text = protocol.decode_text(flags, body)
-            report = protocol.parse_text(text)
-            protocol.check_payload_version(report)
-        except protocol.ProtocolError as exc:
-            self._drop(ip, exc.code, exc.message)
+                if event.kind == protocol.REPORT and protocol.hexlify(event.msg_id) not in self.store.pending:
+                    self.endpoint.send(addr, protocol.ACK, {"ack": "report"}, event.keys, _now_ms(),
+                                       time.monotonic(), event.msg_id, cache=False)
+            elif event.code == "no_key":
+                self._hello_from_stranger(data, ip, addr)
+            elif event.code == "bad_signature" and self._offered_key_differs(data, ip):
+                pass
+            else:
+                self._drop(ip, event.code, event.message)
+        self._transmit()
+
+    def _store(self, ip: str, message: protocol.Message):
+        msg_id = protocol.hexlify(message.msg_id)
+        if not self.store.add(ip, message.obj, text=message.text, msg_id=msg_id,
+                              ack=(message.addr, message.keys, message.msg_id)):
+            # Full: refuse it unacknowledged, and un-see it, so the agent's next try is taken.
+            self.endpoint.guard.forget(ip, message.msg_id)
+            self._drop(ip, "buffer_full")
             return
-        self.store.add(ip, report, text=text)
         self.stats["reports"] += 1
-        self._send(addr, protocol.ACK, {"ack": "report"}, keys, packet.msg_id)
+
+    def _ack_hello(self, addr, keys):
+        self.endpoint.send(addr, protocol.ACK, {"ack": "hello", "state": "trusted"}, keys, _now_ms(),
+                           time.monotonic(), cache=False)
+
+    def _transmit(self):
+        if self.transport is None:
+            self.endpoint.datagrams_to_send()
+            return
+        for addr, datagram in self.endpoint.datagrams_to_send():
+            self.transport.sendto(datagram, addr)
+
+    # --- strangers --------------------------------------------------------------------------------
+
+    def _stranger_allowed(self, ip: str, now: float) -> bool:
+        bucket = self._strangers.get(ip)
+        if bucket is None:
+            bucket = self._strangers[ip] = _Bucket(STRANGER_BURST, now)
+            if len(self._strangers) > STRANGER_TABLE_ENTRIES:
+                self._strangers.popitem(last=False)
+        else:
+            self._strangers.move_to_end(ip)
+        return bucket.take(STRANGER_HELLOS_PER_S, STRANGER_BURST, now)
+
+    def _pending_keys(self) -> int:
+        if self._pending_count is None:   # counted once, then kept up to date as offers are filed
+            self._pending_count = self.keystore.count("pending")
+        return self._pending_count
 
     def _hello_from_stranger(self, data: bytes, ip: str, addr):
         """An unknown address may only say HELLO, self-signed with the key it offers (trust on first use)."""
-        offered = _self_signed_hello(data)
+        now = time.monotonic()
+        if len(data) > protocol.DEFAULT_MAX_DATAGRAM or data[3:4] != bytes([protocol.HELLO]):
+            self._drop(ip, "unknown_machine")
+            return
+        if not self._stranger_allowed(ip, now):
+            self._drop(ip, "rate_limited")
+            return
+        offered = protocol.open_hello(data)
         if offered is None:
             self._drop(ip, "unknown_machine")
             return
-        key_text, keys = offered
+        key_text, keys, _ = offered
         self.stats["hellos"] += 1
-        if self.keystore.get_text(ip, "rejected") == key_text:
+        if (ip, key_text) in self._offered:
+            return   # this very offer was handled already: nothing is written twice
+        if len(self._offered) > 4 * MAX_PENDING_KEYS:
+            self._offered.clear()
+        try:
+            rejected = self.keystore.get_text(ip, "rejected") == key_text
+            pending = self.keystore.get_text(ip, "pending")
+        except KeyStoreError:
+            self._drop(ip, "unknown_machine")
+            return
+        if rejected:
+            self._offered.add((ip, key_text))
             self._drop(ip, "rejected_key", "this key was rejected; `mdp keys` can trust it again")
+            return
+        fingerprint = protocol.key_fingerprint(keys.key)
+        if pending is not None and pending != key_text:
+            # The first offer stays: a later, different one (a forgery racing the real agent, or a
+            # re-installed machine) is reported, and the operator decides with the fingerprints.
+            self._offered.add((ip, key_text))
+            self._drop(ip, "offer_conflict")
+            self._warn("offer_conflict", f"{ip} offered a second, different key ({fingerprint}) while one waits in "
+                       "pending/; the first offer stays. Check both with `mdp keys list` before accepting.")
+            return
+        if not self._offers.take(OFFERS_PER_S, OFFERS_PER_S, now):
+            self._drop(ip, "rate_limited")
             return
         if self.accept_new:
             self.keystore.put(ip, key_text)
-            self.store.event(ip, "enrolled", "key accepted on first use (--accept-new)")
-            log.info("enrolled %s (accepted on first use)", ip)
-            self._send(addr, protocol.ACK, {"ack": "hello", "state": "trusted"}, keys)
+            self._offered.add((ip, key_text))
+            self.store.event(ip, "enrolled", f"key {fingerprint} accepted on first use (--accept-new)")
+            log.info("enrolled %s, key %s (accepted on first use)", ip, fingerprint)
+            self._ack_hello(addr, keys)
             return
-        if self.keystore.get_text(ip, "pending") != key_text:
-            pending = sum(1 for row in self.keystore.list() if row["state"] == "pending")
-            if pending >= MAX_PENDING_KEYS:
-                self._warn(None, "pending_full", f"{pending} keys already wait in pending/; refusing more "
+        if pending is None:
+            if self._pending_keys() >= MAX_PENDING_KEYS:
+                self._warn("pending_full", f"{self._pending_keys()} keys already wait in pending/; refusing more "
                            "offers until `mdp keys accept|reject` clears some")
                 return
             self.keystore.put(ip, key_text, state="pending")
-            self.store.event(ip, "pending", "key offered; accept with `mdp keys accept %s`" % ip)
-            log.warning("%s offered a key; it waits in pending/ until `mdp keys accept %s`", ip, ip)
+            self._pending_count = self._pending_keys() + 1
+            self.store.event(ip, "pending", f"key {fingerprint} offered; accept with "
+                             f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
+            self._warn("pending", f"{ip} offered key {fingerprint}; it waits in pending/ until "
+                       f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
+        self._offered.add((ip, key_text))
 
-    def _offered_key_differs(self, data: bytes, ip: str, keys) -> bool:
+    def _offered_key_differs(self, data: bytes, ip: str) -> bool:
         """A known machine sending a valid HELLO with another key: refuse loudly (like SSH known_hosts)."""
-        offered = _self_signed_hello(data)
-        if offered is None or offered[1].key == keys.key:
+        if data[3:4] != bytes([protocol.HELLO]):
             return False
-        self.keystore.put(ip, offered[0], state="rejected")
-        message = (f"{ip} offered a DIFFERENT key than the one trusted in {self.keystore.file(ip)}; refused. "
-                   "If the machine was re-installed, check it, then `mdp keys revoke` and re-deploy.")
-        self._warn(ip, "key_mismatch", message)
+        if not self._stranger_allowed(ip, time.monotonic()):
+            self._drop(ip, "rate_limited")
+            return True
+        offered = protocol.open_hello(data)
+        if offered is None:
+            return False
+        key_text = offered[0]
+        if (ip, key_text) in self._offered:
+            self._drop(ip, "key_mismatch")
+            return True
+        self._offered.add((ip, key_text))
+        self.keystore.put(ip, key_text, state="rejected", replace=True)
+        message = (f"{ip} offered a DIFFERENT key ({protocol.key_fingerprint(offered[1].key)}) than the one trusted "
+                   f"in {self.keystore.file(ip)}; refused. If the machine was re-installed, check it, then "
+                   "`mdp keys revoke` and re-deploy.")
+        self._warn("key_mismatch", message)
         self.store.event(ip, "key_mismatch", message)
         self._drop(ip, "key_mismatch")
         return True
 
-    def _send(self, addr, kind, obj, keys, msg_id=None):
-        if self.transport is None:
-            return
-        _, datagrams = protocol.encode(kind, obj, keys, protocol.TO_AGENT, msg_id, _now_ms())
-        for datagram in datagrams:
-            self.transport.sendto(datagram, addr)
+    # --- counting and logging ---------------------------------------------------------------------
 
     def _drop(self, ip: str, reason: str, detail: str = ""):
         dropped = self.stats["dropped"]
         dropped[reason] = dropped.get(reason, 0) + 1
-        self._warn(ip, reason, f"dropped a datagram from {ip}: {reason}" + (f" ({detail})" if detail else ""),
-                   level=logging.DEBUG if reason == "duplicate" else logging.WARNING)
+        if reason not in ("duplicate", "rate_limited"):
+            self._warn(reason, f"dropped a datagram from {ip}: {reason}" + (f" ({detail})" if detail else ""))
 
-    def _warn(self, ip, reason, message, level=logging.WARNING):
-        now = time.monotonic()
+    def _may_warn(self, reason: str) -> bool:
         # One line per cause per minute; keyed by reason only, so forged addresses cannot grow it.
-        if now - self._warned.get(reason, -60.0) >= 60.0:
-            self._warned[reason] = now
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_INTERVAL_S) < WARN_INTERVAL_S:
+            return False
+        self._warned[reason] = now
+        return True
+
+    def _warn(self, reason: str, message: str, level: int = logging.WARNING):
+        if self._may_warn(reason):
             log.log(level, "%s", message)
-
-
-def _self_signed_hello(data: bytes):
-    """(key_text, KeyPair) if data is a single-datagram HELLO signed with the key it carries, else None.
-
-    This parses before verifying, which nothing else does: there is no key yet to verify with. It is
-    bounded (one datagram, checked with the offered key right after) and proves only possession.
-    """
-    # Cheap refusals first: a HELLO is one small uncompressed datagram, so nothing here inflates.
-    if not protocol.OVERHEAD < len(data) <= protocol.DEFAULT_MAX_DATAGRAM or data[:2] != protocol.MAGIC:
-        return None
-    if data[3] != protocol.HELLO or data[4] != 0:
-        return None
-    try:
-        body = protocol.decode_body(0, data[protocol.HEADER_SIZE:-protocol.MAC_SIZE])
-        key_text = str(body.get("key", ""))
-        keys = protocol.KeyPair.from_text(key_text)
-        packet = protocol.open_datagram(data, keys, protocol.TO_CONTROLLER)
-    except (protocol.ProtocolError, ValueError, binascii.Error):
-        return None
-    if packet.kind != protocol.HELLO or packet.count != 1:
-        return None
-    return key_text, keys
 
 
 def _now_ms() -> int:
@@ -217,19 +320,19 @@ class _SocketSender:
     def sendto(self, data: bytes, addr):
         try:
             self.sock.sendto(data, addr)
-        except OSError:   # a full buffer or an unreachable agent: an ACK is never worth stopping for
+        except OSError:   # a full buffer or an unreachable agent: the agent sends its report again
             pass
 
 
 RECV_BATCH = 256   # datagrams read per wake-up: asyncio's datagram transport reads one per select()
 
 
-async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new: bool = False,
-                ready: asyncio.Event | None = None):
-    """Run the collector until cancelled."""
-    store = ReportStore(db)
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET, socket.SOCK_DGRAM)
+def open_socket(listen: tuple[str, int]) -> socket.socket:
+    """A bound, non-blocking UDP socket; an IPv6 wildcard also takes IPv4 (seen as ::ffff:a.b.c.d)."""
+    family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
         try:   # a fleet reporting at once arrives as a burst; the default ~200 KiB drops it
             sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER_BYTES)
@@ -238,8 +341,19 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
             continue
     sock.bind(listen)
     sock.setblocking(False)
+    return sock
+
+
+async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new: bool = False,
+                ready: asyncio.Event | None = None, on_start: Callable[[Collector], None] | None = None):
+    """Run the collector until cancelled. on_start(collector) runs once it exists (the HTTP side uses it)."""
+    store = ReportStore(db)
+    loop = asyncio.get_running_loop()
+    sock = open_socket(listen)
     collector = Collector(keystore, store, accept_new)
     collector.connection_made(_SocketSender(sock))
+    if on_start is not None:
+        on_start(collector)
 
     def readable():
         for _ in range(RECV_BATCH):
@@ -261,4 +375,5 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
     finally:
         loop.remove_reader(sock.fileno())
         sock.close()
-        store.close()
+        collector.flush()
+        store.conn.close()

@@ -13,13 +13,17 @@ import os
 from pathlib import Path
 
 from mdp_agent import protocol
+from mdp_agent.errors import MDPError
 from mdp_agent.keyfile import ensure_private_dir, read_key_file, write_private_file
 
 DEFAULT_DIR = ".known_machines"
 
 
-class KeyStoreError(Exception):
-    """A key problem, stated in words that name the machine and the file."""
+class KeyStoreError(MDPError):
+    """A key problem, stated in words that name the machine and the file (code "no_key", "bad_key", ...)."""
+
+    def __init__(self, message: str, code: str = "no_key"):
+        super().__init__(code, message)
 
 
 def default_path() -> Path:
@@ -27,11 +31,30 @@ def default_path() -> Path:
 
 
 def normalise_ip(ip: str) -> str:
-    """The canonical text of an IP address; KeyStoreError for anything else (no paths sneak in)."""
+    """The canonical text of an IP address; KeyStoreError for anything else (no paths sneak in).
+
+    An IPv4 address as an IPv6 socket shows it (::ffff:10.0.0.5) is the IPv4 address.
+    """
     try:
-        return str(ipaddress.ip_address(ip.strip()))
+        address = ipaddress.ip_address(ip.strip())
     except ValueError:
         raise KeyStoreError(f"{ip!r} is not an IP address") from None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def unmap_ip(ip: str) -> str:
+    """::ffff:a.b.c.d -> a.b.c.d (cheap: called per datagram); any other text unchanged."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+def ip_sort_key(ip: str):
+    """Sorts IPv4 before IPv6, each numerically (ipaddress objects of two versions do not compare)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (address.version, int(address), "")
 
 
 class KeyStore:
@@ -67,7 +90,7 @@ class KeyStore:
         try:
             keys = read_key_file(str(path))
         except (OSError, ValueError) as exc:
-            raise KeyStoreError(f"key for {ip} is unreadable: {exc}") from None
+            raise KeyStoreError(f"key for {ip} is unreadable: {exc}", "bad_key") from None
         self._cache[ip] = (mtime, keys)
         return keys
 
@@ -83,7 +106,8 @@ class KeyStore:
         path = self.file(ip, state)
         existing = self.get_text(ip, state)
         if state == "trusted" and existing and existing != key_text.strip() and not replace:
-            raise KeyStoreError(f"{path} holds a different key for {ip}; revoke it first or rotate deliberately")
+            raise KeyStoreError(f"{path} holds a different key for {ip}; revoke it first or rotate deliberately",
+                                "key_mismatch")
         ensure_private_dir(str(self.path))
         ensure_private_dir(str(path.parent))
         write_private_file(str(path), key_text.strip() + "\n")
@@ -94,8 +118,19 @@ class KeyStore:
         for name in (ip, normalise_ip(ip)):
             self._cache.pop(name, None)
 
+    def count(self, state: str = "trusted") -> int:
+        base = self.path if state == "trusted" else self.path / state
+        return sum(1 for _ in base.glob("*.txt")) if base.is_dir() else 0
+
+    def fingerprint(self, ip: str, state: str = "trusted") -> str | None:
+        text = self.get_text(ip, state)
+        try:
+            return protocol.key_fingerprint(protocol.parse_key_text(text)) if text is not None else None
+        except ValueError:
+            return None
+
     def list(self) -> list[dict]:
-        """Every key file: [{"ip", "state", "path"}] sorted by state then address."""
+        """Every key file: [{"ip", "state", "fingerprint", "path"}] sorted by state then address."""
         rows = []
         for state in ("trusted", "pending", "rejected"):
             base = self.path if state == "trusted" else self.path / state
@@ -104,17 +139,24 @@ class KeyStore:
                     ip = normalise_ip(path.stem)
                 except KeyStoreError:
                     continue
-                rows.append({"ip": ip, "state": state, "path": str(path)})
-        return sorted(rows, key=lambda r: (r["state"], ipaddress.ip_address(r["ip"])))
+                rows.append({"ip": ip, "state": state, "fingerprint": self.fingerprint(ip, state), "path": str(path)})
+        order = {"trusted": 0, "pending": 1, "rejected": 2}
+        return sorted(rows, key=lambda r: (order[r["state"]], ip_sort_key(r["ip"])))
 
     def ips(self) -> list[str]:
         return [row["ip"] for row in self.list() if row["state"] == "trusted"]
 
-    def accept(self, ip: str) -> Path:
-        """Trust the key a machine offered (pending -> trusted)."""
+    def accept(self, ip: str, fingerprint: str | None = None) -> Path:
+        """Trust the key a machine offered (pending -> trusted); with fingerprint, only if it matches."""
         text = self.get_text(ip, "pending")
         if text is None:
             raise KeyStoreError(f"no pending key for {ip} in {self.path / 'pending'}")
+        if fingerprint is not None:
+            actual = self.fingerprint(ip, "pending")
+            if actual is None or not protocol.same_fingerprint(fingerprint, actual):
+                raise KeyStoreError(f"the key {ip} offered has fingerprint {actual}, not {fingerprint}: not "
+                                    "accepted (compare with the fingerprint the agent logs at start)",
+                                    "fingerprint_mismatch")
         path = self.put(ip, text)
         self.file(ip, "pending").unlink()
         return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -23,59 +24,111 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+# Each report's msg_id, stored once: a report an agent sends again (its ACK was lost, or the monitor
+# restarted before answering) is acknowledged again but never stored twice.
+MIGRATIONS = [
+    ("reports", "msg_id", "ALTER TABLE reports ADD COLUMN msg_id TEXT"),
+]
+INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS reports_msg_id ON reports (msg_id);"
+
+
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         if not Path(path).exists():
             raise FileNotFoundError(f"no database at {path} (start `mdp monitor --db {path}` first)")
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     else:
-        conn = sqlite3.connect(str(path))
+        # Reports reveal processes, ports and users: the file is the owner's alone (0600); SQLite
+        # gives its -wal and -shm files the same mode.
+        try:
+            os.close(os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"unable to open database file: {exc.strerror}") from None
+        # A locked database is waited on for 0.25 s, not sqlite3's 5 s: the receive loop must not stall;
+        # the collector retries with backoff and keeps reports unacknowledged meanwhile.
+        conn = sqlite3.connect(str(path), timeout=0.25)
         conn.execute("PRAGMA journal_mode=WAL")      # readers (mdp status) never block the collector
         conn.execute("PRAGMA synchronous=NORMAL")    # WAL + NORMAL: durable at checkpoints, fast commits
         conn.executescript(SCHEMA)
+        for table, column, statement in MIGRATIONS:
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(statement)
+        conn.executescript(INDEXES)
     conn.row_factory = sqlite3.Row
     return conn
 
 
 class ReportStore:
-    """Buffers verified reports and writes them in one transaction per flush (thousands per second)."""
+    """Buffers verified reports and writes them in one transaction per flush (thousands per second).
 
-    # Reports held in memory while the disk refuses writes (full disk, locked db). Past this the oldest
-    # are dropped and counted, so a long outage costs samples, not the collector.
+    flush() returns the acknowledgement tokens of the reports its committed transaction holds: the
+    collector ACKs exactly those, so an ACK always means "stored". While the disk refuses writes
+    (full, locked), nothing is acknowledged and agents keep their reports spooled.
+    """
+
+    # Reports held in memory while the disk refuses writes. Past this, new reports are refused
+    # unacknowledged (the agents keep them and send them again), so an outage loses nothing here.
     MAX_BUFFERED = 100_000
+    # Events kept (enrolments, key mismatches): a capped table, since strangers can trigger them.
+    MAX_EVENTS = 1000
 
     def __init__(self, path: str | Path):
         self.path = path
         self.conn = connect(path)
-        self.buffer: list[tuple[str, float, dict, str | None]] = []
-        self.dropped = 0
+        self.buffer: list[tuple] = []
+        self.pending: set[str] = set()   # msg_ids buffered, not yet committed
+        self.refused = 0
         self.stored = 0
+        self.duplicates = 0
         self.last_error: str | None = None
+        self.dropped = 0                 # kept for callers that read it: nothing is dropped any more
 
-    def add(self, ip: str, report: dict, received_at: float | None = None, text: str | None = None):
-        """Queue a report; text is its JSON as received (stored as is, not encoded again)."""
-        self.buffer.append((ip, received_at or time.time(), report, text))
-        if len(self.buffer) > self.MAX_BUFFERED:
-            del self.buffer[0]
-            self.dropped += 1
+    def add(self, ip: str, report: dict, received_at: float | None = None, text: str | None = None,
+            msg_id: str | None = None, ack=None) -> bool:
+        """Queue a report (text: its JSON as received, stored as is). False when the buffer is full."""
+        if len(self.buffer) >= self.MAX_BUFFERED:
+            self.refused += 1
+            return False
+        self.buffer.append((ip, received_at or time.time(), report, text, msg_id, ack))
+        if msg_id is not None:
+            self.pending.add(msg_id)
+        return True
 
     def event(self, ip: str | None, kind: str, message: str):
         try:
             with self.conn:
                 self.conn.execute("INSERT INTO events (at, ip, kind, message) VALUES (?,?,?,?)",
                                   (time.time(), ip, kind, message))
+                self.conn.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
+                                  (self.MAX_EVENTS,))
         except sqlite3.Error as exc:
             self.last_error = str(exc)
 
-    def flush(self) -> int:
-        """Write buffered reports; on a disk error keep them for the next flush. Returns rows written."""
+    def _already_stored(self, msg_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(msg_ids), 500):
+            part = msg_ids[start:start + 500]
+            found.update(row[0] for row in self.conn.execute(
+                f"SELECT msg_id FROM reports WHERE msg_id IN ({','.join('?' * len(part))})", part))
+        return found
+
+    def flush(self) -> list:
+        """Write buffered reports in one transaction. Returns the ack tokens of every report now stored
+        (including ones stored before, sent again); on a disk error keeps them all and returns []."""
         if not self.buffer:
-            return 0
+            return []
         batch = self.buffer
+        try:
+            known = self._already_stored([row[4] for row in batch if row[4] is not None])
+        except sqlite3.Error as exc:
+            self.last_error = str(exc)
+            return []
         reports, newest, machines = [], {}, {}
-        for ip, received_at, report, text in batch:
+        for ip, received_at, report, text, msg_id, _ in batch:
+            if msg_id in known:
+                continue
             status = 1 if report.get("status") else 0
-            reports.append((ip, received_at, report.get("reported_at"), status, text or json.dumps(report)))
+            reports.append((ip, received_at, report.get("reported_at"), status, text or json.dumps(report), msg_id))
             for item in report.get("operations") or []:
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     newest[(ip, item["name"])] = (received_at, item)   # only the newest is encoded
@@ -87,7 +140,8 @@ class ReportStore:
         try:
             with self.conn:
                 self.conn.executemany(
-                    "INSERT INTO reports (ip, received_at, reported_at, status, body) VALUES (?,?,?,?,?)", reports)
+                    "INSERT INTO reports (ip, received_at, reported_at, status, body, msg_id) VALUES (?,?,?,?,?,?)",
+                    reports)
                 self.conn.executemany("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?)", latest)
                 self.conn.executemany(
                     "INSERT INTO machines (ip, first_seen, last_seen, reports, last_status) VALUES (?,?,?,?,?) "
@@ -96,11 +150,13 @@ class ReportStore:
                     [(ip, at, at, n, st) for ip, (n, at, st) in machines.items()])
         except sqlite3.Error as exc:
             self.last_error = str(exc)
-            return 0
+            return []
         self.buffer = self.buffer[len(batch):]
+        self.pending.difference_update(row[4] for row in batch)
         self.last_error = None
-        self.stored += len(batch)
-        return len(batch)
+        self.stored += len(reports)
+        self.duplicates += len(batch) - len(reports)
+        return [row[5] for row in batch if row[5] is not None]
 
     def close(self):
         self.flush()
@@ -123,17 +179,10 @@ def machine_status(path: str | Path, known_ips: list[str] | None = None) -> list
     finally:
         conn.close()
     out = []
-    for ip in sorted(set(machines) | set(known_ips or []), key=_ip_sort_key):
+    from .keystore import ip_sort_key
+    for ip in sorted(set(machines) | set(known_ips or []), key=ip_sort_key):
         m = machines.get(ip, {})
         out.append({"ip": ip, "last_seen": m.get("last_seen"), "reports": m.get("reports", 0),
                     "status": None if m.get("last_status") is None else bool(m["last_status"]),
                     "latest": latest.get(ip, {})})
     return out
-
-
-def _ip_sort_key(ip: str):
-    import ipaddress
-    try:
-        return (0, ipaddress.ip_address(ip))
-    except ValueError:
-        return (1, ip)

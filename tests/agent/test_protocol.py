@@ -409,9 +409,9 @@ def test_limits_are_consistent():
 
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "protocol.md")
-NOT_LIMITS = {"PROTOCOL_VERSION", "REQUEST", "REPLY", "REPORT", "HELLO", "RESEND", "ACK", "FLAG_ZLIB",
+NOT_LIMITS = {"PROTOCOL_VERSION", "REQUEST", "REPLY", "REPORT", "HELLO", "RESEND", "ACK", "CHALLENGE", "FLAG_ZLIB",
               "HEADER_SIZE", "MAC_SIZE", "OVERHEAD", "KEY_SIZE"}
-RETRANSMISSION = {"ACK_TIMEOUT_S", "ACK_RANDOM_FACTOR", "MAX_RETRANSMIT"}
+RETRANSMISSION = {"ACK_TIMEOUT_S", "ACK_RANDOM_FACTOR", "MAX_RETRANSMIT", "MAX_SENDS_PER_DATAGRAM"}
 
 
 def _doc_value(text):
@@ -652,34 +652,34 @@ def test_outbox_is_bounded_in_bytes_oldest_first():
     entry = 300 + p.OUTBOX_ENTRY_COST   # two 150-byte datagrams plus the bookkeeping they cost
     outbox = p.Outbox(max_bytes=3 * entry + 1, ttl_s=60)
     for n in range(5):
-        outbox.put(PEER, b"%08d" % n, [b"a" * 150, b"b" * 150], float(n))
+        outbox.put(b"%08d" % n, [b"a" * 150, b"b" * 150], float(n))
         assert outbox.size <= 3 * entry + 1
-    assert [outbox.get(PEER, b"%08d" % n) is not None for n in range(5)] == [False, False, True, True, True]
+    assert [outbox.get(b"%08d" % n) is not None for n in range(5)] == [False, False, True, True, True]
     assert outbox.size == 3 * entry and len(outbox) == 3
 
 
 def test_outbox_replaces_an_entry_without_counting_it_twice():
     outbox = p.Outbox(max_bytes=2000, ttl_s=60)
-    outbox.put(PEER, b"same-id!", [b"x" * 400], 0.0)
-    outbox.put(PEER, b"same-id!", [b"y" * 300], 1.0)
-    assert (outbox.size, len(outbox), outbox.get(PEER, b"same-id!")) == (
+    outbox.put(b"same-id!", [b"x" * 400], 0.0)
+    outbox.put(b"same-id!", [b"y" * 300], 1.0)
+    assert (outbox.size, len(outbox), outbox.get(b"same-id!")) == (
         300 + p.OUTBOX_ENTRY_COST, 1, [b"y" * 300])
 
 
 def test_outbox_does_not_keep_a_message_larger_than_itself():
     outbox = p.Outbox(max_bytes=100, ttl_s=60)
-    outbox.put(PEER, b"too-big!", [b"x" * 101], 0.0)
-    assert (outbox.get(PEER, b"too-big!"), outbox.size) == (None, 0)
+    outbox.put(b"too-big!", [b"x" * 101], 0.0)
+    assert (outbox.get(b"too-big!"), outbox.size) == (None, 0)
 
 
 def test_outbox_entries_expire_after_the_ttl():
     outbox = p.Outbox()
-    outbox.put(PEER, b"aged-one", [b"x"], 100.0)
-    outbox.put(PEER, b"young-1!", [b"x"], 150.0)
+    outbox.put(b"aged-one", [b"x"], 100.0)
+    outbox.put(b"young-1!", [b"x"], 150.0)
     outbox.expire(100.0 + p.OUTBOX_TTL_S)
-    assert outbox.get(PEER, b"aged-one") == [b"x"]
+    assert outbox.get(b"aged-one") == [b"x"]
     outbox.expire(100.0 + p.OUTBOX_TTL_S + 0.01)
-    assert outbox.get(PEER, b"aged-one") is None and outbox.get(PEER, b"young-1!") == [b"x"]
+    assert outbox.get(b"aged-one") is None and outbox.get(b"young-1!") == [b"x"]
     assert outbox.size == 1 + p.OUTBOX_ENTRY_COST
 
 

@@ -35,12 +35,20 @@ def test_sigterm_exits_0_promptly(spawn_agent):
 def test_sigterm_does_not_wait_for_a_running_operation(spawn_agent, port):
     agent = spawn_agent("127.0.0.2")
     keys = protocol.KeyPair.from_text(agent.key_text)
-    _, datagrams = signed_request(keys, [{"name": "cpu.usage", "args": {"interval": 5}}])
+    msg_id, datagrams = signed_request(keys, [{"name": "cpu.usage", "args": {"interval": 5}}])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(datagrams[0], (agent.ip, port))
         wait_for(lambda: agent.stats()["pending_operations"] == 1, "the 5 s operation to start")
-    agent.signal(signal.SIGTERM)
-    assert agent.proc.wait(2.5) == 0   # long before the operation would finish
+        agent.signal(signal.SIGTERM)
+        assert agent.proc.wait(30) == 0
+        # It exited with the operation still running: the operation's reply was never sent.
+        sock.setblocking(False)
+        try:
+            replies = [sock.recv(protocol.MAX_DATAGRAM) for _ in range(10)]
+        except BlockingIOError:
+            replies = []
+    assert not any(protocol.peek_msg_id(r) == msg_id for r in replies)
+    assert "mdp-agent stopped" in agent.log()
 
 
 def test_sighup_reloads_the_allow_list_and_keeps_the_old_config_when_the_new_one_is_bad(spawn_agent, tmp_path):

@@ -66,15 +66,18 @@ def test_missing_key_and_dead_agent_are_named_per_machine(spawn_agent, known_mac
     spawn_agent("127.0.0.2")
     # 127.0.0.8 has a key but no agent; 127.0.0.7 has neither.
     KeyStore(known_machines).put("127.0.0.8", protocol.generate_key_text())
-    # 3.5 s: past the longest first wait (2 s * 1.5), so a retransmission always has time to be answered.
-    out = send(known_machines, port, "--json", "127.0.0.2,127.0.0.7,127.0.0.8", "ping", timeout=3.5)
+    # 8 s: well past the longest first wait (2 s * 1.5), so the retransmission happens however slow the
+    # machine is; what is asserted is that it happened, not when.
+    out = send(known_machines, port, "--json", "127.0.0.2,127.0.0.7,127.0.0.8", "ping", timeout=8)
     assert out.returncode == 1
     replies = json.loads(out.stdout)
     assert replies["127.0.0.2"]["status"] is True
-    assert replies["127.0.0.7"] == {"status": False, "error": f"no key for 127.0.0.7 in {known_machines}"}
+    assert replies["127.0.0.7"] == {"status": False, "operations": [], "cluster_info": {},
+                                    "error": {"code": "no_key", "message": f"no key for 127.0.0.7 in {known_machines}"}}
     timeout = replies["127.0.0.8"]
     assert timeout["status"] is False
-    match = re.match(rf"timeout: no reply from 127\.0\.0\.8:{port} after (\d+) tries in 3\.5 s", timeout["error"])
+    assert timeout["error"]["code"] == "timeout"
+    match = re.match(rf"no reply from 127\.0\.0\.8:{port} after (\d+) tries in 8 s", timeout["error"]["message"])
     assert match, timeout["error"]
     assert int(match.group(1)) >= 2   # it retransmitted before giving up
 
@@ -96,7 +99,8 @@ def test_wrong_key_in_store_is_named_as_a_cause_and_the_agent_counts_bad_signatu
     reply = json.loads(out.stdout)["127.0.0.2"]
     # The agent stays silent towards a request it cannot verify, so the timeout lists the key as a suspect.
     assert reply["status"] is False
-    assert reply["error"].startswith(f"timeout: no reply from 127.0.0.2:{port}") and "key store" in reply["error"]
+    assert reply["error"]["code"] == "timeout"
+    assert reply["error"]["message"].startswith(f"no reply from 127.0.0.2:{port}") and "key store" in reply["error"]["message"]
     stats = agent.stats()
     assert stats["dropped"]["bad_signature"] >= 1 and stats["requests"] == 1   # refused; only agent.stats ran
 

@@ -73,7 +73,9 @@ def test_enrolment_files_a_pending_key_that_accept_trusts_and_reject_refuses(spa
         wait_for(path.exists, f"{path} to appear")
         assert path.read_text() == agent.key_text
         assert mode(path) == 0o600
-        assert ("pending", f"key offered; accept with `mdp keys accept {agent.ip}`") in monitor.events(agent.ip)
+        fingerprint = protocol.key_fingerprint(protocol.parse_key_text(agent.key_text))
+        assert ("pending", f"key {fingerprint} offered; accept with `mdp keys accept {agent.ip} --fingerprint "
+                f"{fingerprint}`") in monitor.events(agent.ip)
     assert mode(monitor_keys) == 0o700 and mode(pending) == 0o700
     listed = json.loads(keys_cli(monitor_keys, "list", "--json").stdout)
     assert [(r["ip"], r["state"]) for r in listed] == [("127.0.0.3", "pending"), ("127.0.0.4", "pending")]
@@ -118,7 +120,8 @@ def test_accept_new_trusts_at_once_but_never_replaces_a_known_key(spawn_agent, s
     trusted = monitor_keys / f"{newcomer.ip}.txt"
     wait_for(trusted.exists, f"{trusted} to appear")
     assert trusted.read_text() == newcomer.key_text and mode(trusted) == 0o600
-    assert ("enrolled", "key accepted on first use (--accept-new)") in monitor.events(newcomer.ip)
+    fingerprint = protocol.key_fingerprint(protocol.parse_key_text(newcomer.key_text))
+    assert ("enrolled", f"key {fingerprint} accepted on first use (--accept-new)") in monitor.events(newcomer.ip)
     wait_for(lambda: monitor.report_count(newcomer.ip) >= 1, "reports from the newcomer")
 
     refused = monitor_keys / "rejected" / f"{impostor.ip}.txt"
@@ -150,7 +153,8 @@ def test_revoke_stops_a_machine_at_the_running_monitor_and_in_send(spawn_agent, 
 
     out = run_mdp("send", "--known-machines", monitor_keys, "--port", port, "--json", agent.ip, "ping")
     assert out.returncode == 1
-    assert json.loads(out.stdout)[agent.ip]["error"] == f"no key for {agent.ip} in {monitor_keys}"
+    assert json.loads(out.stdout)[agent.ip]["error"] == {"code": "no_key",
+                                                         "message": f"no key for {agent.ip} in {monitor_keys}"}
 
 
 def test_the_monitor_survives_junk_from_known_and_unknown_addresses(spawn_agent, spawn_monitor, tmp_path, port):

@@ -103,15 +103,27 @@ def test_a_one_mebibyte_result_survives_loss_via_resend(agent, port):
     assert agent.stats()["requests"] == 2
 
 
-def test_a_request_replayed_from_another_port_does_not_run_again(agent, port):
+def test_a_request_replayed_from_another_port_neither_runs_again_nor_is_answered_there(agent, port):
+    """A captured request replayed from a forged address must not be reflected at that address."""
     keys = protocol.KeyPair.from_text(agent.key_text)
     msg_id, datagrams = signed_request(keys, ["system.ping"])
-    for _ in range(2):   # two sockets: same bytes, different source ports (a NAT rebinding does this too)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(datagrams[0], (agent.ip, port))
-            receive_reply(sock, keys, msg_id)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        first.sendto(datagrams[0], (agent.ip, port))
+        receive_reply(first, keys, msg_id)
+        other.sendto(datagrams[0], (agent.ip, port))   # same bytes from another port (a forged source)
+        # A fresh request from the same socket is answered after the replay was handled: anything
+        # the replay drew would have arrived first.
+        fresh_id, fresh = signed_request(keys, ["system.ping"])
+        other.sendto(fresh[0], (agent.ip, port))
+        other.settimeout(5)
+        data, _ = other.recvfrom(protocol.MAX_DATAGRAM)
+        assert protocol.peek_msg_id(data) == fresh_id
+        # The original sender still gets its retransmission answered.
+        first.sendto(datagrams[0], (agent.ip, port))
+        receive_reply(first, keys, msg_id)
     stats = agent.stats()
-    assert (stats["requests"], stats["duplicates"]) == (2, 1)
+    assert (stats["requests"], stats["duplicates"], stats["dropped"]["foreign_duplicate"]) == (3, 1, 1)
 
 
 def test_chunked_reports_reach_the_monitor_through_loss(spawn_agent, spawn_monitor, tmp_path, port):

@@ -1,6 +1,8 @@
-"""SQLite report storage: batches, latest values, machine status, and surviving a failing disk."""
+"""SQLite report storage: batches, latest values, machine status, exactly-once storage, a failing disk."""
 
+import os
 import sqlite3
+import stat
 
 from mdp_controller.storage import ReportStore, connect, machine_status
 
@@ -15,10 +17,10 @@ def report(load1, status=True):
 def test_reports_are_stored_and_latest_values_kept(tmp_path):
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
-    store.add("10.0.0.5", report(0.5), received_at=100.0)
-    store.add("10.0.0.5", report(0.7, status=False), received_at=101.0)
-    store.add("10.0.0.6", report(1.5), received_at=102.0)
-    assert store.flush() == 3
+    store.add("10.0.0.5", report(0.5), received_at=100.0, msg_id="01", ack="a")
+    store.add("10.0.0.5", report(0.7, status=False), received_at=101.0, msg_id="02", ack="b")
+    store.add("10.0.0.6", report(1.5), received_at=102.0, msg_id="03", ack="c")
+    assert store.flush() == ["a", "b", "c"] and store.stored == 3
     assert connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     rows = {r["ip"]: r for r in machine_status(db, known_ips=["10.0.0.7"])}
     assert rows["10.0.0.5"]["reports"] == 2 and rows["10.0.0.5"]["status"] is False
@@ -29,23 +31,76 @@ def test_reports_are_stored_and_latest_values_kept(tmp_path):
     store.close()
 
 
-def test_a_failing_disk_keeps_reports_for_the_next_flush(tmp_path):
+def test_a_report_sent_again_is_acknowledged_again_but_stored_once_even_across_restarts(tmp_path):
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
-    store.add("10.0.0.5", report(0.1))
+    store.add("10.0.0.5", report(0.5), msg_id="aa", ack="first")
+    assert store.flush() == ["first"]
+    store.close()
+    again = ReportStore(db)   # the monitor restarted: nothing in memory remembers "aa"
+    again.add("10.0.0.5", report(0.5), msg_id="aa", ack="second")
+    again.add("10.0.0.5", report(0.6), msg_id="bb", ack="third")
+    assert again.flush() == ["second", "third"]
+    assert (again.stored, again.duplicates) == (1, 1)
+    assert connect(db).execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 2
+    assert machine_status(db)[0]["reports"] == 2
+
+
+def test_a_failing_disk_keeps_reports_for_the_next_flush_and_acknowledges_nothing(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    store.add("10.0.0.5", report(0.1), msg_id="01", ack="x")
     blocker = sqlite3.connect(str(db), timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")          # the database refuses writes, as a full disk would
     store.conn.execute("PRAGMA busy_timeout=0")
-    assert store.flush() == 0 and store.last_error and len(store.buffer) == 1
+    assert store.flush() == [] and store.last_error and len(store.buffer) == 1
+    assert "01" in store.pending
     blocker.rollback()
     blocker.close()
-    assert store.flush() == 1 and store.last_error is None
+    assert store.flush() == ["x"] and store.last_error is None and not store.pending
     assert machine_status(db)[0]["reports"] == 1
 
 
-def test_buffer_is_bounded(tmp_path, monkeypatch):
+def test_a_full_buffer_refuses_new_reports_instead_of_dropping_acknowledgeable_ones(tmp_path, monkeypatch):
     store = ReportStore(tmp_path / "mdp.db")
     monkeypatch.setattr(ReportStore, "MAX_BUFFERED", 3)
-    for i in range(5):
-        store.add("10.0.0.5", report(i))
-    assert len(store.buffer) == 3 and store.dropped == 2
+    accepted = [store.add("10.0.0.5", report(i), msg_id="%02d" % i, ack=i) for i in range(5)]
+    assert accepted == [True, True, True, False, False] and store.refused == 2
+    assert store.flush() == [0, 1, 2]
+
+
+def test_the_database_is_private_to_its_owner(tmp_path):
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "mdp.db"
+        store = ReportStore(db)
+        store.add("10.0.0.5", report(1), msg_id="01")
+        store.flush()
+    finally:
+        os.umask(old)
+    for path in tmp_path.glob("mdp.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_events_are_a_capped_table(tmp_path, monkeypatch):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    monkeypatch.setattr(ReportStore, "MAX_EVENTS", 10)
+    for i in range(50):
+        store.event("10.0.0.5", "pending", "offer %d" % i)
+    rows = [r[0] for r in connect(db).execute("SELECT message FROM events ORDER BY id")]
+    assert len(rows) == 10 and rows[-1] == "offer 49"
+
+
+def test_an_old_database_without_msg_ids_is_migrated(tmp_path):
+    db = tmp_path / "mdp.db"
+    old = sqlite3.connect(str(db))
+    old.execute("CREATE TABLE reports (id INTEGER PRIMARY KEY, ip TEXT NOT NULL, received_at REAL NOT NULL, "
+                "reported_at REAL, status INTEGER, body TEXT NOT NULL)")
+    old.execute("INSERT INTO reports (ip, received_at, status, body) VALUES ('10.0.0.5', 1, 1, '{}')")
+    old.commit()
+    old.close()
+    store = ReportStore(db)
+    store.add("10.0.0.5", report(1), msg_id="01", ack="ok")
+    assert store.flush() == ["ok"]
+    assert connect(db).execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 2

@@ -67,7 +67,8 @@ def mutating_operations(operations):
 def describe_failure(reply):
     """The cause in words: the whole request refused, or which operations failed and why."""
     if reply.get("error"):
-        return str(reply["error"])
+        error = reply["error"]
+        return "%s: %s" % (error.get("code"), error.get("message")) if isinstance(error, dict) else str(error)
     causes = []
     for op in reply.get("operations") or []:
         error = op.get("error") if isinstance(op, dict) else None
