@@ -1,0 +1,34 @@
+"""Seed the fuzz corpus from tests/vectors/ (every datagram, positive and negative), in each fuzz mode."""
+
+import binascii
+import glob
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def seeds():
+    for path in sorted(glob.glob(os.path.join(HERE, "..", "vectors", "*.json"))):
+        with open(path) as handle:
+            vector = json.load(handle)
+        for text in vector.get("datagrams", []):
+            datagram = binascii.unhexlify(text)
+            yield bytes([0, 1]) + datagram                          # as is, to the agent
+            yield bytes([1, 1]) + datagram[2:14] + datagram[26:-32]  # header fields + body, re-signed
+            yield bytes([2, 1]) + datagram[2:14] + datagram[26:-32]
+        if "payload_text" in vector:
+            yield bytes([3, 1]) + vector["payload_text"].encode("utf-8")
+
+
+def main(target):
+    os.makedirs(target, exist_ok=True)
+    for n, seed in enumerate(seeds()):
+        with open(os.path.join(target, "seed-%03d" % n), "wb") as handle:
+            handle.write(seed)
+    return n + 1
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")))
