@@ -870,8 +870,11 @@ class Endpoint(object):
 
     def __init__(self, receives, keys_for, dedup=None, answer_errors=False, max_datagram=DEFAULT_MAX_DATAGRAM,
                  replay_window_s=DEFAULT_REPLAY_WINDOW_S, reassembly_bytes=REASSEMBLY_BYTES_TOTAL,
-                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES):
+                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES, text_only=()):
         self.receives = receives
+        # Kinds delivered as JSON text only (Message.obj None): the collector hands reports to SQLite,
+        # which reads the JSON itself, so parsing them in Python would be work done twice.
+        self.text_only = frozenset(text_only)
         self.sends = TO_CONTROLLER if receives == TO_AGENT else TO_AGENT
         self.keys_for = keys_for
         self.dedup = dict(dedup or {})
@@ -1008,8 +1011,10 @@ class Endpoint(object):
                 self.guard.check(peer, msg_id, timestamp_ms, wall_ms)
                 self.guard.remember(peer, msg_id, timestamp_ms, wall_ms)
             text = decode_text(flags, body)
-            obj = parse_text(text)
-            check_payload_version(obj)
+            obj = None
+            if kind not in self.text_only:
+                obj = parse_text(text)
+                check_payload_version(obj)
         except ProtocolError as exc:
             if kind == REQUEST:
                 self.refuse(addr, msg_id, exc, keys, wall_ms, now)

@@ -15,8 +15,10 @@ disk write, nothing written twice, and every log line rate-limited.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -75,7 +77,8 @@ class Collector(asyncio.DatagramProtocol):
         self.keystore = keystore
         self.store = store
         self.accept_new = accept_new
-        self.endpoint = protocol.Endpoint(protocol.TO_CONTROLLER, self._keys_for, dedup={protocol.REPORT: True})
+        self.endpoint = protocol.Endpoint(protocol.TO_CONTROLLER, self._keys_for, dedup={protocol.REPORT: True},
+                                          text_only=(protocol.REPORT,))
         self.transport: asyncio.DatagramTransport | None = None
         self.stats = {"received": 0, "reports": 0, "acked": 0, "hellos": 0, "dropped": {}}
         self._warned: dict[str, float] = {}
@@ -87,6 +90,11 @@ class Collector(asyncio.DatagramProtocol):
         self._next_flush = 0.0
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
+        # With a loop, every database write happens on one writer thread (SQLite releases the GIL
+        # while it works, so the receive loop keeps verifying meanwhile); without one, inline.
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writing = False
 
     # --- asyncio plumbing -------------------------------------------------------------------------
 
@@ -121,28 +129,71 @@ class Collector(asyncio.DatagramProtocol):
         self._flush_timer = None
         self.flush()
 
+    def use_writer_thread(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdp-writer")
+
+    def close(self):
+        """Finish writing (what is buffered too, and ACK it), then release the writer thread."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self._writing = False
+        self._next_flush = 0.0
+        self.flush()
+
+    def _db(self, func, *args):
+        """Run a database write where the store's connection lives: the writer thread, or here."""
+        if self._writer is not None:
+            self._writer.submit(func, *args)
+        else:
+            func(*args)
+
     def flush(self):
         """Commit buffered reports and ACK what the transaction holds; back off while the disk refuses."""
         now = time.monotonic()
-        if now < self._next_flush:
+        if now < self._next_flush or self._writing or not self.store.buffer:
             return
         self._last_flush = now
-        acks = self.store.flush()
-        if self.store.last_error:
+        batch = self.store.take()
+        if self._writer is None:
+            try:
+                outcome = self.store.write(batch)
+            except sqlite3.Error as exc:
+                self._written(batch, None, exc)
+            else:
+                self._written(batch, outcome, None)
+            return
+        self._writing = True
+        future = self._loop.run_in_executor(self._writer, self.store.write, batch)
+        future.add_done_callback(lambda f: self._written(batch, None if f.exception() else f.result(),
+                                                         f.exception()))
+
+    def _written(self, batch: list, outcome, error):
+        self._writing = False
+        now = time.monotonic()
+        if error is not None:
+            self.store.restore(batch)
+            self.store.last_error = str(error)
             self._flush_failures += 1
             delay = min(FLUSH_RETRY_MAX_S, FLUSH_INTERVAL_S * 2 ** self._flush_failures)
             self._next_flush = now + delay
-            self._warn("storage", f"cannot write to the database ({self.store.last_error}); "
+            self._warn("storage", f"cannot write to the database ({error}); "
                        f"{len(self.store.buffer)} reports wait, unacknowledged; retrying in {delay:.1f} s")
             return
+        self.store.committed(batch, outcome)
         if self._flush_failures:
-            log.info("the database takes writes again; %d reports stored", len(acks))
+            log.info("the database takes writes again; %d reports stored", outcome[0])
         self._flush_failures = 0
-        wall, mono = _now_ms(), now
-        for addr, keys, msg_id in acks:
-            self.endpoint.send(addr, protocol.ACK, {"ack": "report"}, keys, wall, mono, msg_id, cache=False)
-        self.stats["acked"] += len(acks)
+        if outcome[1]:
+            self._drop("-", "bad_payload", f"{outcome[1]} reports were not JSON objects of version 1")
+        wall = _now_ms()
+        for addr, keys, msg_id in outcome[2]:
+            self.endpoint.send(addr, protocol.ACK, {"ack": "report"}, keys, wall, now, msg_id, cache=False)
+        self.stats["acked"] += len(outcome[2])
         self._transmit()
+        if self.store.buffer and self._loop is not None:   # more arrived while we wrote
+            self.drained(self._loop)
 
     async def run_flusher(self):
         while True:
@@ -186,7 +237,7 @@ class Collector(asyncio.DatagramProtocol):
 
     def _store(self, ip: str, message: protocol.Message):
         msg_id = protocol.hexlify(message.msg_id)
-        if not self.store.add(ip, message.obj, text=message.text, msg_id=msg_id,
+        if not self.store.add(ip, None, text=message.text, msg_id=msg_id,
                               ack=(message.addr, message.keys, message.msg_id)):
             # Full: refuse it unacknowledged, and un-see it, so the agent's next try is taken.
             self.endpoint.guard.forget(ip, message.msg_id)
@@ -266,7 +317,7 @@ class Collector(asyncio.DatagramProtocol):
         if self.accept_new:
             self.keystore.put(ip, key_text)
             self._offered.add((ip, key_text))
-            self.store.event(ip, "enrolled", f"key {fingerprint} accepted on first use (--accept-new)")
+            self._db(self.store.event, ip, "enrolled", f"key {fingerprint} accepted on first use (--accept-new)")
             log.info("enrolled %s, key %s (accepted on first use)", ip, fingerprint)
             self._ack_hello(addr, keys)
             return
@@ -277,8 +328,8 @@ class Collector(asyncio.DatagramProtocol):
                 return
             self.keystore.put(ip, key_text, state="pending")
             self._pending_count = self._pending_keys() + 1
-            self.store.event(ip, "pending", f"key {fingerprint} offered; accept with "
-                             f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
+            self._db(self.store.event, ip, "pending", f"key {fingerprint} offered; accept with "
+                     f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
             self._warn("pending", f"{ip} offered key {fingerprint}; it waits in pending/ until "
                        f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
         self._offered.add((ip, key_text))
@@ -303,7 +354,7 @@ class Collector(asyncio.DatagramProtocol):
                    f"in {self.keystore.file(ip)}; refused. If the machine was re-installed, check it, then "
                    "`mdp keys revoke` and re-deploy.")
         self._warn("key_mismatch", message)
-        self.store.event(ip, "key_mismatch", message)
+        self._db(self.store.event, ip, "key_mismatch", message)
         self._drop(ip, "key_mismatch")
         return True
 
@@ -373,6 +424,7 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
     sock = open_socket(listen)
     collector = Collector(keystore, store, accept_new)
     collector.connection_made(_SocketSender(sock))
+    collector.use_writer_thread(loop)
     if on_start is not None:
         on_start(collector)
 
@@ -396,6 +448,6 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
         await collector.run_flusher()
     finally:
         loop.remove_reader(sock.fileno())
+        collector.close()
         sock.close()
-        collector.flush()
         store.conn.close()

@@ -30,6 +30,11 @@ MIGRATIONS = [
     ("reports", "msg_id", "ALTER TABLE reports ADD COLUMN msg_id TEXT"),
 ]
 INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS reports_msg_id ON reports (msg_id);"
+# A storable report: a JSON object whose payload version has major number 1 (missing means 1). The
+# CASE keeps SQLite from reading an invalid body as JSON at all.
+VALID_REPORT = ("CASE WHEN json_valid(body) THEN json_type(body) = 'object' AND "
+                "(COALESCE(CAST(json_extract(body, '$.version') AS TEXT), '1') GLOB '1' "
+                "OR CAST(json_extract(body, '$.version') AS TEXT) GLOB '1.*') ELSE 0 END")
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -46,7 +51,7 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"unable to open database file: {exc.strerror}") from None
         # A locked database is waited on for 0.25 s, not sqlite3's 5 s: the receive loop must not stall;
         # the collector retries with backoff and keeps reports unacknowledged meanwhile.
-        conn = sqlite3.connect(str(path), timeout=0.25)
+        conn = sqlite3.connect(str(path), timeout=0.25, check_same_thread=False)   # used by one writer thread
         conn.execute("PRAGMA journal_mode=WAL")      # readers (mdp status) never block the collector
         conn.execute("PRAGMA synchronous=NORMAL")    # WAL + NORMAL: durable at checkpoints, fast commits
         conn.executescript(SCHEMA)
@@ -112,51 +117,85 @@ class ReportStore:
                 f"SELECT msg_id FROM reports WHERE msg_id IN ({','.join('?' * len(part))})", part))
         return found
 
-    def flush(self) -> list:
-        """Write buffered reports in one transaction. Returns the ack tokens of every report now stored
-        (including ones stored before, sent again); on a disk error keeps them all and returns []."""
-        if not self.buffer:
-            return []
-        batch = self.buffer
-        try:
-            known = self._already_stored([row[4] for row in batch if row[4] is not None])
-        except sqlite3.Error as exc:
-            self.last_error = str(exc)
-            return []
-        reports, newest, machines = [], {}, {}
-        for ip, received_at, report, text, msg_id, _ in batch:
-            if msg_id in known:
-                continue
-            status = 1 if report.get("status") else 0
-            reports.append((ip, received_at, report.get("reported_at"), status, text or json.dumps(report), msg_id))
-            for item in report.get("operations") or []:
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    newest[(ip, item["name"])] = (received_at, item)   # only the newest is encoded
-            count = machines.get(ip, (0, 0, 0))[0] + 1
-            machines[ip] = (count, received_at, status)
-        latest = [(ip, name, at, json.dumps(item["result"]) if "result" in item else None,
-                   json.dumps(item["error"]) if "error" in item else None)
-                  for (ip, name), (at, item) in newest.items()]
-        try:
-            with self.conn:
-                self.conn.executemany(
-                    "INSERT INTO reports (ip, received_at, reported_at, status, body, msg_id) VALUES (?,?,?,?,?,?)",
-                    reports)
-                self.conn.executemany("INSERT OR REPLACE INTO latest VALUES (?,?,?,?,?)", latest)
-                self.conn.executemany(
-                    "INSERT INTO machines (ip, first_seen, last_seen, reports, last_status) VALUES (?,?,?,?,?) "
-                    "ON CONFLICT(ip) DO UPDATE SET last_seen=excluded.last_seen, "
-                    "reports=reports+excluded.reports, last_status=excluded.last_status",
-                    [(ip, at, at, n, st) for ip, (n, at, st) in machines.items()])
-        except sqlite3.Error as exc:
-            self.last_error = str(exc)
-            return []
-        self.buffer = self.buffer[len(batch):]
+    def take(self) -> list:
+        """The buffered reports, handed to write() (on the writer thread); the buffer starts anew."""
+        batch, self.buffer = self.buffer, []
+        return batch
+
+    def restore(self, batch: list):
+        """A batch write() could not store goes back in front, to be written on the next try."""
+        self.buffer[:0] = batch
+
+    def committed(self, batch: list, outcome: tuple[int, int, list]):
+        """Bookkeeping after write() succeeded (on the thread that owns the buffer)."""
+        stored, refused, _ = outcome
         self.pending.difference_update(row[4] for row in batch)
+        self.stored += stored
+        self.refused += refused
+        self.duplicates += len(batch) - stored - refused
         self.last_error = None
-        self.stored += len(reports)
-        self.duplicates += len(batch) - len(reports)
-        return [row[5] for row in batch if row[5] is not None]
+
+    def write(self, batch: list) -> tuple[int, int, list]:
+        """Store a batch in one transaction: (stored, refused, ack tokens of every report now held).
+
+        The JSON of each report is read by SQLite itself (json_each, in C, without the GIL): its
+        status, its time, and the newest result of each operation for `latest`. A report that is not
+        a JSON object of payload major version 1 is refused (not stored, not acknowledged). Raises
+        sqlite3.Error when the disk refuses; nothing is half-written (one transaction).
+        """
+        if not batch:
+            return 0, 0, []
+        known = self._already_stored([row[4] for row in batch if row[4] is not None])
+        rows, seen = [], set()
+        for ip, received_at, report, text, msg_id, _ in batch:
+            if msg_id in known or (msg_id is not None and msg_id in seen):
+                continue
+            seen.add(msg_id)
+            rows.append((ip, received_at, text if text is not None else json.dumps(report), msg_id))
+        with self.conn:
+            last = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM reports").fetchone()[0]
+            self.conn.executemany(
+                "INSERT INTO reports (ip, received_at, reported_at, status, body, msg_id) VALUES "
+                "(?1, ?2, CASE WHEN json_valid(?3) THEN json_extract(?3, '$.reported_at') END, "
+                "CASE WHEN json_valid(?3) THEN COALESCE(json_extract(?3, '$.status') = 1, 0) ELSE 0 END, ?3, ?4)",
+                rows)
+            bad = {row[0] for row in self.conn.execute(
+                f"SELECT msg_id FROM reports WHERE id > ? AND NOT ({VALID_REPORT})", (last,))}
+            if bad:
+                self.conn.execute(f"DELETE FROM reports WHERE id > ? AND NOT ({VALID_REPORT})", (last,))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO latest (ip, name, received_at, result, error) "
+                "SELECT r.ip, json_extract(o.value, '$.name'), r.received_at, "
+                "CASE WHEN json_type(o.value, '$.result') IS NULL THEN NULL "
+                "ELSE json_quote(json_extract(o.value, '$.result')) END, "
+                "CASE WHEN json_type(o.value, '$.error') IS NULL THEN NULL "
+                "ELSE json_quote(json_extract(o.value, '$.error')) END "
+                "FROM reports r, json_each(r.body, '$.operations') o "
+                "WHERE r.id > ? AND o.type = 'object' AND json_type(o.value, '$.name') = 'text' "
+                "ORDER BY r.id, o.id", (last,))
+            self.conn.execute(
+                "INSERT INTO machines (ip, first_seen, last_seen, reports, last_status) "
+                "SELECT r.ip, MIN(r.received_at), MAX(r.received_at), COUNT(*), "
+                "(SELECT r2.status FROM reports r2 WHERE r2.ip = r.ip AND r2.id > ?1 ORDER BY r2.id DESC LIMIT 1) "
+                "FROM reports r WHERE r.id > ?1 GROUP BY r.ip "
+                "ON CONFLICT(ip) DO UPDATE SET last_seen=excluded.last_seen, "
+                "reports=reports+excluded.reports, last_status=excluded.last_status", (last,))
+        acks = [row[5] for row in batch if row[5] is not None and row[4] not in bad]
+        return len(rows) - len(bad), len(bad), acks
+
+    def flush(self) -> list:
+        """Write buffered reports in one transaction, here and now. Returns the ack tokens of every
+        report now stored (including ones stored before, sent again); on a disk error keeps them all
+        for the next flush and returns []."""
+        batch = self.take()
+        try:
+            outcome = self.write(batch)
+        except sqlite3.Error as exc:
+            self.restore(batch)
+            self.last_error = str(exc)
+            return []
+        self.committed(batch, outcome)
+        return outcome[2]
 
     def close(self):
         self.flush()
