@@ -13,6 +13,7 @@ import binascii
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from mdp_agent import protocol
 
@@ -225,8 +226,8 @@ RECV_BATCH = 256   # datagrams read per wake-up: asyncio's datagram transport re
 
 
 async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new: bool = False,
-                ready: asyncio.Event | None = None):
-    """Run the collector until cancelled."""
+                ready: asyncio.Event | None = None, on_start: Callable[[Collector], None] | None = None):
+    """Run the collector until cancelled; on_start(collector) runs once it exists (HTTP, retention)."""
     store = ReportStore(db)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET, socket.SOCK_DGRAM)
@@ -240,6 +241,8 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
     sock.setblocking(False)
     collector = Collector(keystore, store, accept_new)
     collector.connection_made(_SocketSender(sock))
+    if on_start:
+        on_start(collector)
 
     def readable():
         for _ in range(RECV_BATCH):
