@@ -27,12 +27,13 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from .metrics import FleetMetrics, exposition, registry_for
 
 log = logging.getLogger("mdp.http")
 
+# The classic text format every Prometheus since 2.0 reads (newer clients label their output 1.0.0,
+# which Debian's 2.42 does not know; with MDP's plain metric names both are the same bytes).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_HTTP_PORT = 9123
 DEFAULT_HTTP_ADDRESS = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
 MIN_TOKEN_CHARS = 16
@@ -224,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         try:
             if path == "/metrics":
-                self._send(HTTPStatus.OK, exposition(self.app.registry), CONTENT_TYPE_LATEST, head)
+                self._send(HTTPStatus.OK, exposition(self.app.registry), METRICS_CONTENT_TYPE, head)
             elif path in ("/", "/index.html"):
                 self._static("index.html", head)
             elif path.startswith("/static/") and path[len("/static/"):] in STATIC_FILES:
