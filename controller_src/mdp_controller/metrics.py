@@ -32,7 +32,6 @@ SCALAR_GAUGES = [
     ("mdp_processes", "Number of processes.", "process.count", "total", 1.0),
     ("mdp_threads", "Number of threads.", "process.count", "threads", 1.0),
     ("mdp_uptime_seconds", "Seconds since the machine booted.", "system.uptime", "seconds", 1.0),
-    ("mdp_boot_time_seconds", "Boot time, seconds since the Unix epoch.", "system.uptime", "boot_time", 1.0),
 ]
 
 
@@ -44,10 +43,6 @@ def _number(value) -> float | None:
 
 def _result(latest: dict, operation: str):
     return latest.get(operation, {}).get("result")
-
-
-def _swap(result):
-    return result.get("swap") if isinstance(result, dict) and isinstance(result.get("swap"), dict) else {}
 
 
 class FleetMetrics(PrometheusCollector):
@@ -62,7 +57,7 @@ class FleetMetrics(PrometheusCollector):
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
-            machines = self.reader.machines()
+            machines = self.reader.machines(ordered=False)
             db_bytes = self.reader.database_bytes()
         yield from self._machine_families(machines, time.time())
         yield from self._monitor_families(len(machines), db_bytes)
@@ -82,8 +77,6 @@ class FleetMetrics(PrometheusCollector):
         info = GaugeMetricFamily("mdp_machine_info", "Always 1: the machine's identity from system.info, when "
                                  "reported.", labels=["machine", "hostname", "agent_version", "os", "kernel"])
         scalars = {name: GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES}
-        swap_total = GaugeMetricFamily("mdp_swap_total_bytes", "Total swap.", labels=["machine"])
-        swap_free = GaugeMetricFamily("mdp_swap_free_bytes", "Free swap.", labels=["machine"])
         fs_labels = ["machine", "mountpoint", "device", "fstype"]
         fs_size = GaugeMetricFamily("mdp_filesystem_size_bytes", "Filesystem size.", labels=fs_labels)
         fs_avail = GaugeMetricFamily("mdp_filesystem_available_bytes",
@@ -107,11 +100,6 @@ class FleetMetrics(PrometheusCollector):
                 value = _number(result.get(field)) if isinstance(result, dict) else None
                 if value is not None:
                     scalars[name].add_metric([ip], value * scale)
-            swap = _swap(_result(latest, "memory.info"))
-            for family, field in ((swap_total, "total"), (swap_free, "free")):
-                value = _number(swap.get(field))
-                if value is not None:
-                    family.add_metric([ip], value)
             system = _result(latest, "system.info")
             if isinstance(system, dict):
                 os_info = system.get("os") if isinstance(system.get("os"), dict) else {}
@@ -129,8 +117,7 @@ class FleetMetrics(PrometheusCollector):
                     value = _number(nic.get(field))
                     if value is not None:
                         family.add_metric([ip, str(nic.get("name", ""))], value)
-        yield from (up, last, interval, ok, reports, info, *scalars.values(), swap_total, swap_free,
-                    fs_size, fs_avail, net_rx, net_tx)
+        yield from (up, last, interval, ok, reports, info, *scalars.values(), fs_size, fs_avail, net_rx, net_tx)
 
     def _monitor_families(self, machine_count: int, db_bytes: int) -> Iterator[Metric]:
         yield GaugeMetricFamily("mdp_monitor_machines", "Machines in the monitor's database.", value=machine_count)
