@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -107,6 +108,22 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
         midpoint = measured_from + duration / 2
         next_scrape = midpoint
         end = measured_from + duration
+        scraper = None
+
+        def scrape_loop():
+            """Like Prometheus: a scrape every SCRAPE_GAP_S, in its own thread so the reports keep their pace."""
+            planned = time.perf_counter()
+            while len(scrape_times) < scrapes and time.perf_counter() < end:
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/metrics", timeout=120) as response:
+                    sizes.append(len(response.read()))
+                scrape_times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/api/machines", timeout=120) as response:
+                    response.read()
+                api_times.append(time.perf_counter() - t0)
+                planned += SCRAPE_GAP_S
+                time.sleep(max(0.0, planned - time.perf_counter()))
         while True:
             now = time.perf_counter()
             if now >= end:
@@ -125,19 +142,13 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
                     except BlockingIOError:
                         pass
                 sent += 1
-            if cpu_at is not None and len(scrape_times) < scrapes and now >= next_scrape:
-                # Scrapes run in this thread: the reports due meanwhile go out right after, in a burst.
-                t0 = time.perf_counter()
-                with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/metrics", timeout=60) as response:
-                    sizes.append(len(response.read()))
-                scrape_times.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/api/machines", timeout=60) as response:
-                    response.read()
-                api_times.append(time.perf_counter() - t0)
-                next_scrape += SCRAPE_GAP_S
+            if cpu_at is not None and scraper is None and now >= next_scrape:
+                scraper = threading.Thread(target=scrape_loop, daemon=True)
+                scraper.start()
             time.sleep(max(0.0, tick - (time.perf_counter() - now)))
         cpu_end, wall_end = C.cpu_seconds(monitor.pid), time.perf_counter()
+        if scraper is not None:
+            scraper.join(120)
         wall, cpu = half[1] - wall_at, half[0] - cpu_at
         reports_measured = half[2] - sent_at
         scraped_share = (cpu_end - half[0]) / (wall_end - half[1])
