@@ -195,6 +195,7 @@ def cmd_monitor(args) -> int:
     from mdp_agent.config import ConfigError, parse_hostport
 
     from . import collector, web
+    from .metrics import monitor_snapshot
     from .retention import Pruner
     from .storage import connect, set_monitor_info
     try:
@@ -211,14 +212,13 @@ def cmd_monitor(args) -> int:
     running: dict = {}
 
     def on_start(monitor):
-        """Beside the collector, on its loop: retention; in a thread: the HTTP side."""
+        """Beside the collector, on its loop: retention; in a child process: the HTTP side."""
         pruner = running["pruner"] = Pruner(monitor.store, args.retention)
         running["task"] = asyncio.get_running_loop().create_task(pruner.run())
         if args.http:
             running["binding"] = "%s:%d (http)" % args.http
-            server, url = web.start(args.http, args.db, token, monitor=lambda: monitor, extra=lambda: {
-                "mdp_monitor_reports_pruned": ("Reports deleted by retention.", pruner.pruned)})
-            running["server"] = server
+            process, url = web.start_process(args.http, args.db, token, lambda: monitor_snapshot(monitor, pruner))
+            running["http"] = process
             set_monitor_info(monitor.store.conn, {"url": url, "pid": os.getpid()})
 
     try:
@@ -229,11 +229,11 @@ def cmd_monitor(args) -> int:
     except sqlite3.Error as exc:
         raise SystemExit(f"mdp monitor: cannot use the database {args.db}: {exc}") from None
     except OSError as exc:
-        where = running["binding"] if "binding" in running and "server" not in running else args.listen
+        where = running["binding"] if "binding" in running and "http" not in running else args.listen
         raise SystemExit(f"mdp monitor: cannot listen on {where}: {exc.strerror or exc}") from None
     finally:
-        if "server" in running:
-            running["server"].shutdown()
+        if "http" in running:
+            running["http"].terminate()
             conn = connect(args.db)
             set_monitor_info(conn, {"url": None, "pid": None})
             conn.close()

@@ -48,12 +48,10 @@ def _result(latest: dict, operation: str):
 class FleetMetrics(PrometheusCollector):
     """Builds every family at scrape time from the database (and the running collector's counters, if any)."""
 
-    def __init__(self, db: str, monitor: Callable[[], object | None] = lambda: None,
-                 extra: Callable[[], dict] = dict):
+    def __init__(self, db: str, monitor: Callable[[], dict | None] = lambda: None):
         self.reader = FleetReader(db)
         self.lock = threading.Lock()   # one scrape at a time reads through the one connection
-        self.monitor = monitor          # returns the running Collector (None before it starts, or in a bench)
-        self.extra = extra              # more of the monitor's own numbers, e.g. {"pruned": n}
+        self.monitor = monitor          # the running monitor's counters (monitor_snapshot), or None
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -123,31 +121,36 @@ class FleetMetrics(PrometheusCollector):
         yield GaugeMetricFamily("mdp_monitor_machines", "Machines in the monitor's database.", value=machine_count)
         yield GaugeMetricFamily("mdp_monitor_database_bytes", "Size of the SQLite database and its WAL.",
                                 value=db_bytes)
-        for name, (help_, value) in self.extra().items():
-            yield CounterMetricFamily(name, help_, value=value)
-        collector = self.monitor()
-        if collector is None:
+        snapshot = self.monitor()
+        if snapshot is None:
             return
-        stats, store = collector.stats, collector.store
-        dropped = dict(stats["dropped"])   # a copy: the loop thread may add a reason meanwhile
-        yield CounterMetricFamily("mdp_monitor_datagrams_received", "UDP datagrams received.",
-                                  value=stats["received"])
-        yield CounterMetricFamily("mdp_monitor_reports_received", "Verified reports accepted for storage.",
-                                  value=stats["reports"])
-        yield CounterMetricFamily("mdp_monitor_hellos_received", "HELLO (enrolment) datagrams received.",
-                                  value=stats["hellos"])
-        yield CounterMetricFamily("mdp_monitor_reports_stored", "Reports committed to SQLite.", value=store.stored)
-        yield CounterMetricFamily("mdp_monitor_reports_lost", "Reports dropped from the write queue while the "
-                                  "database refused writes (past its bound).", value=store.dropped)
+        counters = [("mdp_monitor_datagrams_received", "UDP datagrams received.", "received"),
+                    ("mdp_monitor_reports_received", "Verified reports accepted for storage.", "reports"),
+                    ("mdp_monitor_hellos_received", "HELLO (enrolment) datagrams received.", "hellos"),
+                    ("mdp_monitor_reports_stored", "Reports committed to SQLite.", "stored"),
+                    ("mdp_monitor_reports_lost", "Reports dropped from the write queue while the database refused "
+                     "writes (past its bound).", "lost"),
+                    ("mdp_monitor_reports_pruned", "Reports deleted by retention.", "pruned")]
+        for name, help_, key in counters:
+            yield CounterMetricFamily(name, help_, value=snapshot[key])
         refused = CounterMetricFamily("mdp_monitor_datagrams_refused", "Datagrams refused, by reason.",
                                       labels=["reason"])
-        for reason, count in sorted(dropped.items()):
+        for reason, count in sorted(snapshot["refused"].items()):
             refused.add_metric([reason], count)
         yield refused
         yield GaugeMetricFamily("mdp_monitor_write_queue_reports", "Verified reports waiting to be written "
-                                "(held in memory while the database refuses writes).", value=len(store.buffer))
+                                "(held in memory while the database refuses writes).", value=snapshot["queue"])
         yield GaugeMetricFamily("mdp_monitor_partial_messages", "Chunked reports waiting for their other chunks.",
-                                value=collector.reassembler.pending())
+                                value=snapshot["partial"])
+
+
+def monitor_snapshot(collector, pruner=None) -> dict:
+    """The running monitor's own counters, as plain data (they cross to the HTTP process)."""
+    stats, store = collector.stats, collector.store
+    return {"received": stats["received"], "reports": stats["reports"], "hellos": stats["hellos"],
+            "stored": store.stored, "lost": store.dropped, "refused": dict(stats["dropped"]),
+            "queue": len(store.buffer), "partial": collector.reassembler.pending(),
+            "pruned": pruner.pruned if pruner is not None else 0}
 
 
 def _items(value) -> list[dict]:

@@ -1,8 +1,8 @@
 """`mdp monitor --http`: /metrics for Prometheus, the live fleet page at /, and the JSON API under /api/.
 
-Read-only: GET and HEAD only; nothing here writes to the database or talks to agents. It runs in a
-thread beside the collector's asyncio loop, with its own read-only SQLite connection (WAL: readers
-never block the writer). On loopback it answers anyone on this host; on any other address a token
+Read-only: GET and HEAD only; nothing here writes to the database or talks to agents. `mdp monitor`
+runs it in a child process (start_process) with its own read-only SQLite connection (WAL: readers
+never block the writer), so a long scrape never takes CPU from the collector's receive loop. On loopback it answers anyone on this host; on any other address a token
 is required (`--http-token-file`), sent as `Authorization: Bearer TOKEN` (Prometheus'
 `authorization.credentials_file`) or as the password of HTTP Basic auth (what a browser prompts for).
 docs/monitor.md describes every route.
@@ -141,9 +141,8 @@ def history_point(entry: dict) -> dict:
 class FleetHttp:
     """What the handler needs: the metrics collector (which owns the read connection), the token, the monitor."""
 
-    def __init__(self, db: str, token: str | None, monitor: Callable[[], object | None],
-                 extra: Callable[[], dict] = dict):
-        self.metrics = FleetMetrics(db, monitor, extra)
+    def __init__(self, db: str, token: str | None, monitor: Callable[[], dict | None]):
+        self.metrics = FleetMetrics(db, monitor)
         self.registry = registry_for(self.metrics)
         self.token = token.encode() if token else None
         self.monitor = monitor
@@ -169,12 +168,7 @@ class FleetHttp:
             return self.metrics.reader.machines()
 
     def api_machines(self) -> dict:
-        collector = self.monitor()
-        monitor = {"started": self.started}
-        if collector is not None:
-            monitor.update(received=collector.stats["received"], reports=collector.stats["reports"],
-                           stored=collector.store.stored, queue=len(collector.store.buffer),
-                           refused=dict(collector.stats["dropped"]))
+        monitor = {"started": self.started, **(self.monitor() or {})}
         return {"now": time.time(), "monitor": monitor, "machines": [machine_summary(m) for m in self.machines()]}
 
     def api_machine(self, ip: str) -> dict | None:
@@ -286,19 +280,18 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def start(listen: tuple[str, int], db: str, token: str | None, monitor: Callable[[], object | None] = lambda: None,
-          extra: Callable[[], dict] = dict) -> tuple[ThreadingHTTPServer, str]:
+def start(listen: tuple[str, int], db: str, token: str | None,
+          monitor: Callable[[], dict | None] = lambda: None) -> tuple[ThreadingHTTPServer, str]:
     """Serve in a daemon thread; returns (server, page URL). Refuses a non-loopback address without a token."""
     check_exposure(listen, token)
     host, port = listen
-    app = FleetHttp(db, token, monitor, extra)
+    app = FleetHttp(db, token, monitor)
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = (_Server6 if ":" in host else _Server)((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, name="mdp-http", daemon=True)
     thread.start()
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{server.server_address[1]}/"
-    log.info("monitor page and /metrics on %s%s", url, " (token required)" if token else "")
     return server, url
 
 
@@ -311,3 +304,73 @@ def process_alive(pid_text: str | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- Its own process, beside the collector -----------------------------------------------------------
+# A scrape of a large fleet is seconds of Python: in the collector's process it would hold the GIL
+# that the receive loop needs, and reports would overflow the socket buffer meanwhile. So the HTTP
+# side runs in a child process with its own interpreter and read-only connection; the monitor's
+# counters come from the parent over a pipe, asked for once per scrape or API call.
+
+CHILD_READY_TIMEOUT_S = 30.0
+SNAPSHOT_TIMEOUT_S = 2.0
+PARENT_CHECK_S = 1.0   # the child exits this soon after the monitor dies, however it died
+
+
+def start_process(listen: tuple[str, int], db: str, token: str | None, snapshot: Callable[[], dict]):
+    """Start the HTTP side in a child process; returns (process, URL). Call from the monitor's running loop."""
+    import asyncio
+    import multiprocessing
+
+    check_exposure(listen, token)
+    context = multiprocessing.get_context("spawn")   # a fresh interpreter: nothing of the loop or its sockets
+    parent_end, child_end = context.Pipe()
+    process = context.Process(target=_child, args=(listen, str(db), token, child_end, os.getpid()),
+                              name="mdp-http", daemon=True)
+    process.start()
+    child_end.close()
+    if not parent_end.poll(CHILD_READY_TIMEOUT_S):
+        process.kill()
+        raise OSError(f"the HTTP process did not start within {CHILD_READY_TIMEOUT_S:g} s")
+    kind, detail = parent_end.recv()
+    if kind != "ready":
+        process.join(5)
+        raise OSError(detail)   # cmd_monitor prints it as "cannot listen on ADDR:PORT (http): ..."
+    loop = asyncio.get_running_loop()
+
+    def answer():
+        try:
+            while parent_end.poll():
+                parent_end.recv()
+                parent_end.send(snapshot())
+        except (EOFError, OSError):   # the child is gone: the monitor goes on collecting without a page
+            loop.remove_reader(parent_end.fileno())
+            log.error("the HTTP process exited (%s); /metrics and the page are down", process.exitcode)
+
+    loop.add_reader(parent_end.fileno(), answer)
+    log.info("monitor page and /metrics on %s%s (process %d)", detail, " (token required)" if token else "",
+             process.pid)
+    return process, detail
+
+
+def _child(listen, db, token, conn, parent_pid):
+    lock = threading.Lock()
+
+    def remote_snapshot():
+        with lock:
+            try:
+                conn.send("snapshot")
+                return conn.recv() if conn.poll(SNAPSHOT_TIMEOUT_S) else None
+            except (EOFError, OSError):
+                return None
+
+    try:
+        server, url = start(listen, db, token, monitor=remote_snapshot)
+    except (OSError, HttpConfigError) as exc:
+        conn.send(("error", getattr(exc, "strerror", None) or str(exc)))
+        return
+    conn.send(("ready", url))
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    server.shutdown()
+    os._exit(0)
