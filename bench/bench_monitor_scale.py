@@ -103,7 +103,7 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
         start = time.perf_counter()
         measured_from = start + every
         cpu_at = wall_at = half = None
-        scrape_times, api_times, sizes = [], [], []
+        scrape_times, api_times, sizes, up_during = [], [], [], []
         # First half: ingest alone. Second half: ingest with a scrape every SCRAPE_GAP_S, as Prometheus does.
         midpoint = measured_from + duration / 2
         next_scrape = midpoint
@@ -116,8 +116,11 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
             while len(scrape_times) < scrapes and time.perf_counter() < end:
                 t0 = time.perf_counter()
                 with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/metrics", timeout=120) as response:
-                    sizes.append(len(response.read()))
+                    text = response.read().decode()
                 scrape_times.append(time.perf_counter() - t0)
+                sizes.append(len(text))
+                up_during.append(sum(1 for line in text.splitlines()
+                                     if line.startswith("mdp_machine_up{") and line.endswith(" 1.0")))
                 t0 = time.perf_counter()
                 with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/api/machines", timeout=120) as response:
                     response.read()
@@ -131,7 +134,7 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
             if cpu_at is None and now >= measured_from:
                 cpu_at, wall_at, sent_at = C.cpu_seconds(monitor.pid), now, sent
             if half is None and now >= midpoint:
-                half = (C.cpu_seconds(monitor.pid), now, sent)
+                half = (C.cpu_seconds(monitor.pid), now, sent, _children_cpu(monitor.pid))
             due = int((now - start) * rate)
             stamp = int(time.time() * 1000)
             while sent < due:
@@ -146,12 +149,13 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
                 scraper = threading.Thread(target=scrape_loop, daemon=True)
                 scraper.start()
             time.sleep(max(0.0, tick - (time.perf_counter() - now)))
-        cpu_end, wall_end = C.cpu_seconds(monitor.pid), time.perf_counter()
+        cpu_end, wall_end, http_cpu_end = C.cpu_seconds(monitor.pid), time.perf_counter(), _children_cpu(monitor.pid)
         if scraper is not None:
             scraper.join(120)
         wall, cpu = half[1] - wall_at, half[0] - cpu_at
         reports_measured = half[2] - sent_at
         scraped_share = (cpu_end - half[0]) / (wall_end - half[1])
+        http_share = (http_cpu_end - half[3]) / (wall_end - half[1])
         _wait_until_rows_settle(db, sent)
         # Quiet scrapes (no ingest) for comparison, now that every machine is in the database.
         quiet = []
@@ -160,9 +164,7 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
             with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/metrics", timeout=60) as response:
                 response.read()
             quiet.append(time.perf_counter() - t0)
-        with urllib.request.urlopen(f"http://{monitor_ip}:{HTTP_PORT}/metrics", timeout=60) as response:
-            text = response.read().decode()
-        up = sum(1 for line in text.splitlines() if line.startswith("mdp_machine_up{") and line.endswith(" 1.0"))
+        up = max(up_during, default=0)   # during ingest: once it stops, machines turn stale as they should
         rss_mib = C.rss_kib(monitor.pid) / 1024
     finally:
         for sock in socks:
@@ -173,23 +175,39 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
               "sent": sent, "stored": rows, "lost": sent - rows,
               "cpu_share": round(cpu / wall, 3), "cpu_us_per_report": round(cpu / max(1, reports_measured) * 1e6, 1),
               "cpu_share_with_scrapes": round(scraped_share, 3), "scrape_gap_s": SCRAPE_GAP_S,
+              "http_process_cpu_share": round(http_share, 3),
               "scrapes": len(scrape_times),
               "scrape_s_median": round(statistics.median(scrape_times), 3) if scrape_times else None,
               "scrape_s_max": round(max(scrape_times), 3) if scrape_times else None,
               "scrape_quiet_s_median": round(statistics.median(quiet), 3),
               "api_machines_s_median": round(statistics.median(api_times), 3) if api_times else None,
-              "metrics_bytes": max(sizes) if sizes else len(text), "machines_up": up,
+              "metrics_bytes": max(sizes, default=0), "machines_up": up,
               "monitor_rss_mib": round(rss_mib, 1)}
     print(f"ingest: {reports_measured:,} reports in {wall:.1f} s; monitor CPU {cpu:.1f} s = "
           f"{result['cpu_share']:.1%} of a core ({result['cpu_us_per_report']} us/report; target < "
-          f"{TARGET_CPU_SHARE:.0%}); with a /metrics scrape every {SCRAPE_GAP_S:g} s: "
-          f"{result['cpu_share_with_scrapes']:.1%}; stored {rows:,} of {sent:,} sent; RSS "
+          f"{TARGET_CPU_SHARE:.0%}); with a /metrics scrape every {SCRAPE_GAP_S:g} s: collector "
+          f"{result['cpu_share_with_scrapes']:.1%} + HTTP process {result['http_process_cpu_share']:.1%}; stored {rows:,} of {sent:,} sent; RSS "
           f"{result['monitor_rss_mib']} MiB", file=out, flush=True)
     print(f"scrape: /metrics of {machines:,} machines ({result['metrics_bytes'] / 1e6:.1f} MB, {up:,} up) in "
           f"{result['scrape_s_median']} s median, {result['scrape_s_max']} s max over {len(scrape_times)} scrapes "
           f"during ingest, {result['scrape_quiet_s_median']} s quiet (target < {TARGET_SCRAPE_S:g} s); "
           f"/api/machines {result['api_machines_s_median']} s", file=out, flush=True)
     return result
+
+
+def _children_cpu(pid: int) -> float:
+    """CPU seconds of a process's children (the monitor's HTTP process and multiprocessing's tracker)."""
+    total = 0.0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    for child in children:
+        try:
+            total += C.cpu_seconds(int(child))
+        except OSError:
+            pass
+    return total
 
 
 def _wait_until_rows_settle(db: Path, sent: int, timeout: float = 30.0):
