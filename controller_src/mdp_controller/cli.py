@@ -285,9 +285,9 @@ def cmd_status(args) -> int:
     show = _status_history if args.since else _status_table
     if not args.watch:
         return show(args, known, sys.stdout)
+    import io
     try:
         while True:   # redraw in place: home the cursor, clear, print the whole view at once
-            import io
             buffer = io.StringIO()
             show(args, known, buffer)
             clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
