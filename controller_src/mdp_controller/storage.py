@@ -176,16 +176,18 @@ class FleetReader:
         return value
 
     def machines(self, known_ips: list[str] | None = None, now: float | None = None,
-                 with_latest: bool = True, ordered: bool = True) -> list[dict]:
+                 with_latest: bool = True, ordered: bool = True, ip: str | None = None) -> list[dict]:
         """Every machine that reported (or is known): last_seen, reports, status, interval, up, latest values.
 
-        ordered=False skips sorting by address (Prometheus does not care; 10,000 ipaddress objects cost).
+        ordered=False skips sorting by address (Prometheus does not care; 10,000 ipaddress objects cost);
+        ip reads only that machine (one page of the fleet's, not all of it).
         """
         now = time.time() if now is None else now
-        rows = {row["ip"]: row for row in self.conn.execute("SELECT * FROM machines")}
+        where, params = (" WHERE ip = ?", (ip,)) if ip is not None else ("", ())
+        rows = {row["ip"]: row for row in self.conn.execute("SELECT * FROM machines" + where, params)}
         latest: dict[str, dict] = {}
         if with_latest:
-            for row in self.conn.execute("SELECT ip, name, received_at, result, error FROM latest"):
+            for row in self.conn.execute("SELECT ip, name, received_at, result, error FROM latest" + where, params):
                 value = {"received_at": row[2]}
                 if row[3] is not None:
                     value["result"] = json.loads(row[3])
@@ -193,19 +195,19 @@ class FleetReader:
                     value["error"] = json.loads(row[4])
                 latest.setdefault(row[0], {})[row[1]] = value
         out = []
-        ips = set(rows) | set(known_ips or [])
-        for ip in sorted(ips, key=_ip_sort_key) if ordered else ips:
-            row = rows.get(ip)
+        ips = set(rows) | (set(known_ips or []) if ip is None else set())
+        for address in sorted(ips, key=_ip_sort_key) if ordered else ips:
+            row = rows.get(address)
             if row is None:
-                out.append({"ip": ip, "first_seen": None, "last_seen": None, "reports": 0, "status": None,
+                out.append({"ip": address, "first_seen": None, "last_seen": None, "reports": 0, "status": None,
                             "interval": None, "up": False, "latest": {}})
                 continue
-            interval = self.interval(ip, row["reports"])
-            out.append({"ip": ip, "first_seen": row["first_seen"], "last_seen": row["last_seen"],
+            interval = self.interval(address, row["reports"])
+            out.append({"ip": address, "first_seen": row["first_seen"], "last_seen": row["last_seen"],
                         "reports": row["reports"],
                         "status": None if row["last_status"] is None else bool(row["last_status"]),
                         "interval": interval, "up": is_up(row["last_seen"], interval, now),
-                        "latest": latest.get(ip, {})})
+                        "latest": latest.get(address, {})})
         return out
 
     def history(self, ip: str, since: float, until: float | None = None, limit: int = 5000) -> list[dict]:

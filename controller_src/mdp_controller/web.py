@@ -172,13 +172,14 @@ class FleetHttp:
         return {"now": time.time(), "monitor": monitor, "machines": [machine_summary(m) for m in self.machines()]}
 
     def api_machine(self, ip: str) -> dict | None:
-        for machine in self.machines():
-            if machine["ip"] == ip:
-                with self.metrics.lock:
-                    events = self.metrics.reader.events(ip, limit=20)
-                return {"now": time.time(), "machine": dict(machine_summary(machine), latest=machine["latest"]),
-                        "events": events}
-        return None
+        with self.metrics.lock:
+            found = self.metrics.reader.machines(ip=ip)
+            events = self.metrics.reader.events(ip, limit=20) if found else []
+        if not found:
+            return None
+        machine = found[0]
+        return {"now": time.time(), "machine": dict(machine_summary(machine), latest=machine["latest"]),
+                "events": events}
 
     def api_history(self, ip: str, query: dict) -> dict:
         now = time.time()
