@@ -13,6 +13,8 @@ import os
 import pytest
 from integration.harness import wait_for
 
+from mdp_agent import __version__ as AGENT_VERSION
+
 from .conftest import artifacts_dir, ensure_debian_package
 
 pytestmark = [pytest.mark.web, pytest.mark.slow]
@@ -62,7 +64,7 @@ def test_the_page_follows_the_fleet_live(fleet_on_loopback, browser):
     three = {a.ip: "up" for a in agents}
     wait_for(lambda: rows(browser) == three, "the page to show three machines up", timeout=30, interval=0.25)
     first = row_text(browser, "127.0.0.2")
-    assert "up" in first and "ago" in first and "%" in first and "0.1.0" in first, first
+    assert "up" in first and "ago" in first and "%" in first and AGENT_VERSION in first, first
     browser.save_screenshot(str(shots / "1-three-up.png"))
 
     fourth = fleet_on_loopback.agent("127.0.0.5", monitor)
