@@ -49,3 +49,28 @@ def test_status_shows_the_page_history_and_redraws(fleet_on_loopback):
     monitor.stop()
     after = run_mdp("status", "--db", monitor.db)
     assert "page:" not in after.stdout   # the monitor is gone, so is its page
+
+
+def test_a_running_monitor_prunes_reports_past_its_retention_and_keeps_collecting(fleet_on_loopback):
+    """--retention 3s: the pruner on the monitor's loop (first pass at start, then every IDLE_PAUSE_S = 30 s)."""
+    from mdp_controller.retention import IDLE_PAUSE_S
+
+    from .conftest import http_get
+
+    monitor = fleet_on_loopback.monitor(flags=["--retention", "3s"])
+    agent = fleet_on_loopback.agent("127.0.0.3", monitor)
+    wait_for(lambda: monitor.report_count(agent.ip) >= 5, "five reports", timeout=30)
+
+    def pruned() -> float:
+        for line in http_get(f"http://{monitor.http}/metrics")[2].decode().splitlines():
+            if line.startswith("mdp_monitor_reports_pruned_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    wait_for(lambda: pruned() > 0, "the first pruning pass", timeout=IDLE_PAUSE_S + 30, interval=0.5)
+    oldest = monitor.query("SELECT MIN(received_at) FROM reports")[0][0]
+    assert oldest > time.time() - 3 - IDLE_PAUSE_S - 5
+    rows = monitor.query("SELECT reports FROM machines WHERE ip = ?", agent.ip)[0][0]
+    assert rows > monitor.report_count(agent.ip)   # history pruned, the machine and its count kept
+    since = time.time()
+    wait_for(lambda: monitor.report_count(agent.ip, since=since) >= 2, "reports after pruning", timeout=30)
