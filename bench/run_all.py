@@ -28,7 +28,7 @@ import _common as C  # noqa: E402
 DOC = C.ROOT / "docs" / "benchmarks.md"
 LONG_MEMORY_LOG = Path("/tmp/mdp-bench-memory.log")
 START, END = "<!-- NUMBERS:START (bench/run_all.py rewrites this section) -->", "<!-- NUMBERS:END -->"
-BENCHMARKS = ("fanout", "throughput", "memory", "ingest")
+BENCHMARKS = ("fanout", "throughput", "memory", "ingest", "scale")
 
 
 def run_benchmarks(only) -> dict:
@@ -49,6 +49,10 @@ def run_benchmarks(only) -> dict:
         import bench_ingest
         print("== collector ingest", flush=True)
         results["ingest"] = bench_ingest.run(1000, 50, window=64)
+    if "scale" in only:
+        import bench_monitor_scale
+        print("== one monitor, 10,000 machines: CPU share, /metrics scrape, database growth", flush=True)
+        results["scale"] = bench_monitor_scale.run(10000, every=10.0, duration=60.0, scrapes=2)
     return results
 
 
@@ -138,8 +142,38 @@ def render(results: dict, info: dict) -> str:
                        f"{m['cpu_us_per_report']} µs ({m['verify_cpu_us_per_report']} handle + "
                        f"{m['store_cpu_us_per_report']} flush) | {m['lost']} | |")
         out.append("")
+    out += _render_scale(results.get("scale"))
     out.append(END)
     return "\n".join(out)
+
+
+def _render_scale(sc: dict | None) -> list[str]:
+    if not sc:
+        return []
+    out = ["### One monitor, 10,000 machines: CPU, /metrics, database growth", "",
+           f"{sc['machines']:,} machines each reporting the default report every {sc['every_s']:g} s "
+           f"({sc['reports_per_s']:,} reports/s) into one `mdp monitor --http` for {sc['duration_s']:g} s "
+           f"(`bench/bench_monitor_scale.py`); stored {sc['stored']:,} of {sc['sent']:,} sent.", "",
+           "| what | measured | target |", "|---|---:|---|",
+           f"| monitor CPU, ingest alone | {sc['cpu_share']:.1%} of a core ({sc['cpu_us_per_report']} µs/report) "
+           "| < 33% of a core |",
+           f"| monitor CPU, ingest + a scrape every {sc['scrape_gap_s']:g} s | {sc['cpu_share_with_scrapes']:.1%} "
+           "of a core | |",
+           f"| `/metrics` of {sc['machines']:,} machines during ingest (median, max) | {sc['scrape_s_median']} s, "
+           f"{sc['scrape_s_max']} s ({sc['metrics_bytes'] / 1e6:.1f} MB) | < 1 s |",
+           f"| `/metrics` with no ingest (median of 3) | {sc['scrape_quiet_s_median']} s | < 1 s |",
+           f"| `/api/machines` during ingest (median) | {sc['api_machines_s_median']} s | |",
+           f"| monitor RSS at the end | {sc['monitor_rss_mib']} MiB | |", ""]
+    growth = sc.get("growth") or {}
+    if growth:
+        out += ["| report | JSON | DB bytes per report | per machine per day at 60 s | per machine at 7-day retention |",
+                "|---|---:|---:|---:|---:|"]
+        for label, g in growth.items():
+            out.append(f"| {label} ({len(g['operations'])} operations) | {g['json_bytes']:,} B | "
+                       f"{g['bytes_per_report']:,} B | {g['mib_per_machine_day']} MiB | "
+                       f"{g['mib_per_machine_retained']} MiB |")
+        out.append("")
+    return out
 
 
 def _anon_pss(m: dict) -> str:

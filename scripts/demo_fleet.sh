@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 INVENTORY=inventories/fleet
 DB=/var/lib/mdp-monitor/mdp.db
+HTTP=127.0.0.1:${MDP_DEMO_HTTP_PORT:-9123}
+MDP=$PWD/.venv/bin/mdp   # the printed commands use absolute paths: they must work when pasted anywhere
 
 if [ "${1:-}" = stop ]; then
   bash tests/fleet/fleet.sh down   # also stops the monitor deploy.yml started on the bridge address
@@ -23,7 +25,7 @@ echo "== 1/4 booting the test fleet (the first run debootstraps three suites: ab
 bash tests/fleet/fleet.sh up 3
 
 echo; echo "== 2/4 ansible-playbook deploy.yml: bare hosts -> python3 -> agent -> key in .known_machines/"
-ansible-playbook -i "$INVENTORY" deploy.yml -e mdp_agent_interval=5
+ansible-playbook -i "$INVENTORY" deploy.yml -e mdp_agent_interval=5 -e mdp_monitor_http="$HTTP"
 ls -l .known_machines/
 
 IPS=$(ansible-inventory -i "$INVENTORY" --list | python3 -c \
@@ -47,11 +49,13 @@ mdp status --db "$DB"
 
 cat <<MSG
 
-The demo fleet is running: 3 hosts with the agent, a monitor on this machine, keys in .known_machines/.
-Try:   mdp send $IPS process.top network.interfaces
-       mdp send $IPS service.status --args '{"name": "ssh"}'
-       ansible -i $INVENTORY mdp_agents -m mdp_send -a 'operations=network.listening'
-       mdp status --db $DB
+The demo fleet is running: 3 hosts with the agent, a monitor on this machine, keys in $PWD/.known_machines/.
+Page:  http://$HTTP/            (the live fleet; Prometheus scrapes http://$HTTP/metrics)
+Try:   cd $PWD
+       $MDP send $IPS process.top network.interfaces
+       $MDP send $IPS service.status --args '{"name": "ssh"}'
+       $PWD/.venv/bin/ansible -i $INVENTORY mdp_agents -m mdp_send -a 'operations=network.listening'
+       $MDP status --db $DB --watch
        bash tests/fleet/fleet.sh ssh 1          (a shell on the first host)
-Stop:  make demo-stop
+Stop:  make -C $PWD demo-stop
 MSG

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=$PWD/.demo/local
-BIN=.venv/bin
+BIN=$PWD/.venv/bin   # absolute, so the commands printed at the end work when pasted anywhere
 PORT=${MDP_DEMO_PORT:-12345}
+HTTP=127.0.0.1:${MDP_DEMO_HTTP_PORT:-9123}
 AGENTS=(127.0.0.2 127.0.0.3 127.0.0.4)
 export MDP_KNOWN_MACHINES=$DEMO/known_machines
 
@@ -30,10 +31,11 @@ if [ "${1:-}" = stop ]; then stop; echo "demo stopped"; exit 0; fi
 
 stop
 rm -rf "$DEMO"; mkdir -p "$DEMO"; chmod 700 "$DEMO"
-echo "== starting the monitor on 127.0.0.1:$PORT (db $DEMO/mdp.db)"
-nohup "$BIN/mdp" monitor --listen "127.0.0.1:$PORT" --db "$DEMO/mdp.db" > "$DEMO/monitor.log" 2>&1 &
+echo "== starting the monitor on 127.0.0.1:$PORT (db $DEMO/mdp.db), its page and /metrics on http://$HTTP/"
+nohup "$BIN/mdp" monitor --listen "127.0.0.1:$PORT" --db "$DEMO/mdp.db" --http "$HTTP" > "$DEMO/monitor.log" 2>&1 &
 echo $! > "$DEMO/monitor.pid"
 wait_for 10 "the monitor to listen" grep -q "monitor listening" "$DEMO/monitor.log"
+if grep -q "cannot listen" "$DEMO/monitor.log"; then cat "$DEMO/monitor.log" >&2; exit 1; fi
 
 for ip in "${AGENTS[@]}"; do
   echo "== starting an agent on $ip:$PORT (reports every 2 s, offers its key to the monitor)"
@@ -63,8 +65,10 @@ wait_for 30 "reports from every agent" reported
 cat <<MSG
 
 The demo is running: a monitor and ${#AGENTS[@]} agents on loopback, state in $DEMO/.
+Page:  http://$HTTP/            (the live fleet; Prometheus scrapes http://$HTTP/metrics)
 Try:   MDP_KNOWN_MACHINES=$MDP_KNOWN_MACHINES $BIN/mdp send --port $PORT ${AGENTS[1]} process.top network.listening
-       $BIN/mdp status --db $DEMO/mdp.db
+       $BIN/mdp status --db $DEMO/mdp.db --watch
+       $BIN/mdp status --db $DEMO/mdp.db --since 5m ${AGENTS[0]}
        $BIN/mdp ops
-Stop:  make demo-stop
+Stop:  make -C $PWD demo-local-stop
 MSG

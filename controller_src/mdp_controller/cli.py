@@ -166,34 +166,100 @@ def cmd_send(args) -> int:
     return 0 if all(r.get("status") for r in replies.values()) else 1
 
 
+def _http_address(text: str) -> tuple[str, int]:
+    """--http PORT (on 127.0.0.1) or ADDR:PORT."""
+    from mdp_agent.config import ConfigError, parse_hostport
+    if text.isdigit():
+        return "127.0.0.1", _port(text)
+    try:
+        return parse_hostport(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    """Seconds from "90", "90s", "15m", "12h", "7d" or "2w"."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 7d)") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
 def cmd_monitor(args) -> int:
+    import os
+
     from mdp_agent.config import ConfigError, parse_hostport
 
-    from . import collector
+    from . import collector, web
+    from .metrics import monitor_snapshot
+    from .retention import Pruner
+    from .storage import connect, set_monitor_info
     try:
         listen = parse_hostport(args.listen)
     except ConfigError as exc:
         raise UsageError(f"--listen: {exc}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(collector.serve(listen, KeyStore(args.known_machines), args.db, args.accept_new))
+        token = web.read_token(args.http_token_file) if args.http_token_file else None
+        if args.http:
+            web.check_exposure(args.http, token)
+    except web.HttpConfigError as exc:
+        raise UsageError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    running: dict = {}
+
+    def on_start(monitor):
+        """Beside the collector, on its loop: retention; in a child process: the HTTP side."""
+        pruner = running["pruner"] = Pruner(monitor.store, args.retention, in_writer=monitor.in_writer)
+        running["task"] = asyncio.get_running_loop().create_task(pruner.run())
+        if args.http:
+            running["binding"] = "%s:%d (http)" % args.http
+            process, url = web.start_process(args.http, args.db, token, lambda: monitor_snapshot(monitor, pruner))
+            running["http"] = process
+            monitor._db(set_monitor_info, monitor.store.conn, {"url": url, "pid": os.getpid()})
+
+    try:
+        asyncio.run(collector.serve(listen, KeyStore(args.known_machines), args.db, args.accept_new,
+                                    on_start=on_start))
     except KeyboardInterrupt:
         pass
     except sqlite3.Error as exc:
         raise SystemExit(f"mdp monitor: cannot use the database {args.db}: {exc}") from None
     except OSError as exc:
-        raise SystemExit(f"mdp monitor: cannot listen on {args.listen}: {exc.strerror or exc}") from None
+        where = running["binding"] if "binding" in running and "http" not in running else args.listen
+        raise SystemExit(f"mdp monitor: cannot listen on {where}: {exc.strerror or exc}") from None
+    finally:
+        if "http" in running:
+            running["http"].terminate()
+            conn = connect(args.db)
+            set_monitor_info(conn, {"url": None, "pid": None})
+            conn.close()
     return 0
 
 
-def _age(seconds: float | None) -> str:
+def human_duration(seconds: float) -> str:
+    """A duration as people say it: "12s", "42m", "5h 3m", "3d 4h"."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def _age(seconds: float | None, now: float | None = None) -> str:
     if seconds is None:
         return "never"
-    age = max(0.0, time.time() - seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if age >= size:
-            return f"{age / size:.0f}{unit} ago"
-    return f"{age:.0f}s ago"
+    return human_duration((time.time() if now is None else now) - seconds) + " ago"
 
 
 def _headline(latest: dict) -> str:
@@ -207,7 +273,7 @@ def _headline(latest: dict) -> str:
         parts.append(f"mem {mem['percent']:.0f}%")
     up = latest.get("system.uptime", {}).get("result")
     if isinstance(up, dict) and "seconds" in up:
-        parts.append(f"up {up['seconds'] / 86400:.1f}d")
+        parts.append(f"up {human_duration(up['seconds'])}")
     errors = [name for name, value in latest.items() if "error" in value]
     if errors:
         parts.append("errors: " + ",".join(errors))
@@ -215,26 +281,76 @@ def _headline(latest: dict) -> str:
 
 
 def cmd_status(args) -> int:
-    from .storage import machine_status
     keystore = KeyStore(args.known_machines)
     known = keystore.ips() if keystore.path.is_dir() else []
+    show = _status_history if args.since else _status_table
+    if not args.watch:
+        return show(args, known, sys.stdout)
+    import io
     try:
-        rows = machine_status(args.db, known)
+        while True:   # redraw in place: home the cursor, clear, print the whole view at once
+            buffer = io.StringIO()
+            show(args, known, buffer)
+            clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+            sys.stdout.write(clear + f"every {args.watch:g}s, {time.strftime('%H:%M:%S')} (Ctrl-C to stop)\n"
+                             + buffer.getvalue())
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status_table(args, known: list[str], out) -> int:
+    from .storage import machine_status, monitor_info
+    from .web import process_alive
+    try:
+        rows = [r for r in machine_status(args.db, known) if not args.machines or r["ip"] in args.machines]
+        info = monitor_info(args.db)
     except FileNotFoundError as exc:
         raise SystemExit(f"mdp status: {exc}") from None
+    page = info.get("url") if process_alive(info.get("pid")) else None
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        json.dump(rows, out, indent=2)
+        out.write("\n")
         return 0
     if not rows:
-        print(f"no machines have reported to {args.db} yet")
+        print(f"no machines have reported to {args.db} yet", file=out)
+    else:
+        width = max(len(r["ip"]) for r in rows)
+        print(f"{'MACHINE':<{width}}  {'STATE':<5}  {'LAST REPORT':<12}  {'REPORTS':>7}  STATUS  LATEST", file=out)
+        for r in rows:
+            status = {None: "-", True: "ok", False: "FAILED"}[r["status"]]
+            state = "up" if r["up"] else ("-" if r["last_seen"] is None else "stale")
+            print(f"{r['ip']:<{width}}  {state:<5}  {_age(r['last_seen']):<12}  {r['reports']:>7}  {status:<6}  "
+                  f"{_headline(r['latest'])}", file=out)
+    if page:
+        print(f"page: {page}  (metrics: {page}metrics)", file=out)
+    return 0
+
+
+def _status_history(args, known: list[str], out) -> int:
+    """`--since`: each stored report of the chosen machines (all by default) in the period, oldest first."""
+    from .storage import FleetReader
+    try:
+        reader = FleetReader(args.db)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"mdp status: {exc}") from None
+    try:
+        ips = args.machines or [m["ip"] for m in reader.machines(known, with_latest=False) if m["reports"]]
+        since = time.time() - args.since
+        history = {ip: reader.history(ip, since, limit=args.limit) for ip in ips}
+    finally:
+        reader.close()
+    if args.json:
+        json.dump(history, out, indent=2)
+        out.write("\n")
         return 0
-    width = max(len(r["ip"]) for r in rows)
-    print(f"{'MACHINE':<{width}}  {'LAST REPORT':<12}  {'REPORTS':>7}  STATUS  LATEST")
-    for r in rows:
-        status = {None: "-", True: "ok", False: "FAILED"}[r["status"]]
-        print(f"{r['ip']:<{width}}  {_age(r['last_seen']):<12}  {r['reports']:>7}  {status:<6}  "
-              f"{_headline(r['latest'])}")
+    for ip, rows in history.items():
+        print(f"{ip}: {len(rows)} report(s) in the last {human_duration(args.since)}", file=out)
+        for row in rows:
+            latest = {item.get("name"): item for item in row["report"].get("operations") or [] if isinstance(item, dict)}
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["received_at"]))
+            print(f"  {stamp}  {'ok' if row['status'] else 'FAILED':<6}  {_headline(latest)}", file=out)
     return 0
 
 
@@ -324,12 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="mdp.db", metavar="FILE", help="SQLite database (default %(default)s)")
     p.add_argument("--accept-new", action="store_true",
                    help="trust keys offered by unknown machines in a HELLO at once (open enrolment)")
+    p.add_argument("--http", nargs="?", type=_http_address, const=("127.0.0.1", 9123), metavar="[ADDR:]PORT",
+                   help="serve /metrics, the fleet page and /api on this address (off by default; "
+                   "bare --http: 127.0.0.1:9123; a bare PORT is on 127.0.0.1)")
+    p.add_argument("--http-token-file", metavar="FILE", help="a 0600 file holding the token HTTP clients must "
+                   "send (Bearer, or as the Basic auth password); required on a non-loopback --http address")
+    p.add_argument("--retention", type=_duration, default="7d", metavar="DURATION",
+                   help="keep raw reports this long, e.g. 12h, 7d, 30d (default 7d); older ones are pruned")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("status", help="each machine: when it last reported and its latest values")
     common(p, timeout=False)
     p.add_argument("--db", default="mdp.db", metavar="FILE", help="SQLite database (default %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", nargs="?", type=_positive(float), const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="history instead: every stored report of the last DURATION (e.g. 15m, 6h, 2d)")
+    p.add_argument("--limit", type=_positive(int), default=1000, metavar="N",
+                   help="with --since: at most N reports per machine, spread evenly (default %(default)d)")
+    p.add_argument("machines", metavar="IP", nargs="*", help="only these machines")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("ops", help="list operations and their hints")

@@ -142,6 +142,12 @@ class Collector(asyncio.DatagramProtocol):
         self._next_flush = 0.0
         self.flush()
 
+    async def in_writer(self, func, *args):
+        """Run a database call on the writer thread (where the store's connection lives) and await it."""
+        if self._writer is None:
+            return func(*args)
+        return await self._loop.run_in_executor(self._writer, func, *args)
+
     def _db(self, func, *args):
         """Run a database write where the store's connection lives: the writer thread, or here."""
         if self._writer is not None:

@@ -8,6 +8,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .keystore import ip_sort_key
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
     ip TEXT PRIMARY KEY, first_seen REAL NOT NULL, last_seen REAL NOT NULL, reports INTEGER NOT NULL DEFAULT 0,
@@ -203,25 +205,180 @@ class ReportStore:
 
 
 def machine_status(path: str | Path, known_ips: list[str] | None = None) -> list[dict]:
-    """Each machine (reported or known): last report time, status, and its latest values."""
+    """Each machine (reported or known): last report time, status, whether it is up, and its latest values."""
+    reader = FleetReader(path)
+    try:
+        return reader.machines(known_ips)
+    finally:
+        reader.close()
+
+
+# --- Reading for the page, /api, /metrics and `mdp status --since` ---------------------------------
+
+# The agent's default `interval`: assumed for a machine until two reports show its own.
+DEFAULT_INTERVAL_S = 60.0
+# A machine is up while its newest report is younger than this many of its intervals.
+UP_INTERVALS = 3
+# Reports read to estimate a machine's interval (median of the gaps between them).
+INTERVAL_SAMPLE = 5
+
+
+def estimate_interval(times: list[float]) -> float:
+    """A machine's report interval from its newest receive times: the median gap (lost reports skew it less)."""
+    gaps = sorted(a - b for a, b in zip(times, times[1:]) if a > b)
+    if not gaps:
+        return DEFAULT_INTERVAL_S
+    return gaps[len(gaps) // 2]
+
+
+def is_up(last_seen: float | None, interval: float, now: float) -> bool:
+    return last_seen is not None and now - last_seen <= UP_INTERVALS * interval
+
+
+class FleetReader:
+    """Read-only view of a monitor's database for the page, /api, /metrics and `mdp status`.
+
+    Each machine's interval is cached and re-estimated only when it has sent INTERVAL_SAMPLE more
+    reports, so a scrape of 10,000 machines costs a few queries, not 10,000.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no database at {path} (start `mdp monitor --db {path}` first)")
+        # Shared by the HTTP threads under the caller's lock; read-only, so it never blocks the writer.
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self._intervals: dict[str, tuple[int, float]] = {}   # ip -> (report count when estimated, interval)
+
+    def close(self):
+        self.conn.close()
+
+    def interval(self, ip: str, reports: int) -> float:
+        cached = self._intervals.get(ip)
+        if cached is not None and reports - cached[0] < INTERVAL_SAMPLE:
+            return cached[1]
+        times = [row[0] for row in self.conn.execute(
+            "SELECT received_at FROM reports WHERE ip = ? ORDER BY received_at DESC LIMIT ?", (ip, INTERVAL_SAMPLE))]
+        value = estimate_interval(times) if len(times) >= 2 else (cached[1] if cached else DEFAULT_INTERVAL_S)
+        self._intervals[ip] = (reports, value)
+        return value
+
+    def machines(self, known_ips: list[str] | None = None, now: float | None = None,
+                 with_latest: bool = True, ordered: bool = True, ip: str | None = None) -> list[dict]:
+        """Every machine that reported (or is known): last_seen, reports, status, interval, up, latest values.
+
+        ordered=False skips sorting by address (Prometheus does not care; 10,000 ipaddress objects cost);
+        ip reads only that machine (one page of the fleet's, not all of it).
+        """
+        now = time.time() if now is None else now
+        where, params = (" WHERE ip = ?", (ip,)) if ip is not None else ("", ())
+        rows = {row["ip"]: row for row in self.conn.execute("SELECT * FROM machines" + where, params)}
+        latest: dict[str, dict] = {}
+        if with_latest:
+            for row in self.conn.execute("SELECT ip, name, received_at, result, error FROM latest" + where, params):
+                value = {"received_at": row[2]}
+                if row[3] is not None:
+                    value["result"] = json.loads(row[3])
+                if row[4] is not None:
+                    value["error"] = json.loads(row[4])
+                latest.setdefault(row[0], {})[row[1]] = value
+        out = []
+        ips = set(rows) | (set(known_ips or []) if ip is None else set())
+        for address in sorted(ips, key=ip_sort_key) if ordered else ips:
+            row = rows.get(address)
+            if row is None:
+                out.append({"ip": address, "first_seen": None, "last_seen": None, "reports": 0, "status": None,
+                            "interval": None, "up": False, "latest": {}})
+                continue
+            interval = self.interval(address, row["reports"])
+            out.append({"ip": address, "first_seen": row["first_seen"], "last_seen": row["last_seen"],
+                        "reports": row["reports"],
+                        "status": None if row["last_status"] is None else bool(row["last_status"]),
+                        "interval": interval, "up": is_up(row["last_seen"], interval, now),
+                        "latest": latest.get(address, {})})
+        return out
+
+    def history(self, ip: str, since: float, until: float | None = None, limit: int = 5000) -> list[dict]:
+        """One machine's stored reports since a time, oldest first: [{received_at, reported_at, status, report}].
+
+        At most `limit` rows: when more are stored in the range, every k-th is returned (spread over
+        the whole range, so a chart of a week stays one page's worth).
+        """
+        until = time.time() if until is None else until
+        count = self.conn.execute("SELECT COUNT(*) FROM reports WHERE ip = ? AND received_at BETWEEN ? AND ?",
+                                  (ip, since, until)).fetchone()[0]
+        step = max(1, -(-count // max(1, limit)))
+        out = []
+        cursor = self.conn.execute(
+            "SELECT received_at, reported_at, status, body FROM reports WHERE ip = ? AND received_at BETWEEN ? AND ? "
+            "ORDER BY received_at", (ip, since, until))
+        for index, row in enumerate(cursor):
+            if index % step:
+                continue
+            try:
+                report = json.loads(row[3])
+            except ValueError:   # stored as received; a body that is not JSON is skipped, not fatal
+                continue
+            out.append({"received_at": row[0], "reported_at": row[1], "status": bool(row[2]), "report": report})
+        return out
+
+    def events(self, ip: str | None = None, limit: int = 50) -> list[dict]:
+        sql = "SELECT at, ip, kind, message FROM events" + (" WHERE ip = ?" if ip else "") + " ORDER BY id DESC LIMIT ?"
+        return [dict(row) for row in self.conn.execute(sql, (ip, limit) if ip else (limit,))]
+
+    def database_bytes(self) -> int:
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += Path(str(self.path) + suffix).stat().st_size
+            except OSError:
+                pass
+        return size
+
+
+# --- Retention ------------------------------------------------------------------------------------
+
+DEFAULT_RETENTION_S = 7 * 86400
+# Rows deleted per transaction: small enough that a batch (a few ms) never holds up a flush for long.
+PRUNE_BATCH = 2000
+
+
+def prune_reports(conn: sqlite3.Connection, older_than: float, batch: int = PRUNE_BATCH) -> int:
+    """Delete up to `batch` of the oldest reports received before `older_than`; returns rows deleted.
+
+    Reports are inserted in the order they are received, so the lowest ids are the oldest: the scan
+    walks the rowid from the start and stops after `batch` rows, whatever the table's size.
+    Freed pages are reused by later inserts, so the file stops growing once retention is reached.
+    """
+    with conn:
+        cursor = conn.execute(
+            "DELETE FROM reports WHERE id IN (SELECT id FROM reports ORDER BY id LIMIT ?) AND received_at < ?",
+            (batch, older_than))
+    return cursor.rowcount
+
+
+# --- What a running monitor tells `mdp status` about itself (its page's address) -------------------
+
+MONITOR_INFO_SCHEMA = "CREATE TABLE IF NOT EXISTS monitor_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def set_monitor_info(conn: sqlite3.Connection, values: dict[str, str | None]):
+    """Record (or, for None, forget) facts about the running monitor, e.g. {"url": ..., "pid": ...}."""
+    with conn:
+        conn.execute(MONITOR_INFO_SCHEMA)
+        for key, value in values.items():
+            if value is None:
+                conn.execute("DELETE FROM monitor_info WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO monitor_info VALUES (?, ?)", (key, str(value)))
+
+
+def monitor_info(path: str | Path) -> dict[str, str]:
     conn = connect(path, readonly=True)
     try:
-        machines = {row["ip"]: dict(row) for row in conn.execute("SELECT * FROM machines")}
-        latest: dict[str, dict] = {}
-        for row in conn.execute("SELECT * FROM latest ORDER BY name"):
-            value = {"received_at": row["received_at"]}
-            if row["result"] is not None:
-                value["result"] = json.loads(row["result"])
-            if row["error"] is not None:
-                value["error"] = json.loads(row["error"])
-            latest.setdefault(row["ip"], {})[row["name"]] = value
+        return {row[0]: row[1] for row in conn.execute("SELECT key, value FROM monitor_info")}
+    except sqlite3.OperationalError:   # a database from a monitor that never served HTTP
+        return {}
     finally:
         conn.close()
-    out = []
-    from .keystore import ip_sort_key
-    for ip in sorted(set(machines) | set(known_ips or []), key=ip_sort_key):
-        m = machines.get(ip, {})
-        out.append({"ip": ip, "last_seen": m.get("last_seen"), "reports": m.get("reports", 0),
-                    "status": None if m.get("last_status") is None else bool(m["last_status"]),
-                    "latest": latest.get(ip, {})})
-    return out

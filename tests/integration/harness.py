@@ -188,18 +188,19 @@ class Agent(Process):
 class Monitor(Process):
     """`mdp monitor` on 127.0.0.1:port with its own key store and SQLite file."""
 
-    def __init__(self, workdir: Path, port: int, known_machines: Path, accept_new: bool = False):
+    def __init__(self, workdir: Path, port: int, known_machines: Path, accept_new: bool = False, flags=()):
         self.port = port
         self.known_machines = known_machines
         self.db = workdir / "monitor.db"
         self.accept_new = accept_new
+        self.flags = list(flags)
         super().__init__("monitor", workdir / "monitor.log")
 
     def start(self, umask=-1) -> Monitor:
         argv = [MDP, "monitor"] if MDP else [PYTHON, "-m", "mdp_controller.cli", "monitor"]
         argv += ["--listen", f"{MONITOR_IP}:{self.port}", "--db", str(self.db),
                  "--known-machines", str(self.known_machines)]
-        self._spawn(argv + (["--accept-new"] if self.accept_new else []), umask=umask)
+        self._spawn(argv + (["--accept-new"] if self.accept_new else []) + self.flags, umask=umask)
         self.wait_for_log("monitor listening on")
         return self
 

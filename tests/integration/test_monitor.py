@@ -52,14 +52,15 @@ def test_reports_reach_sqlite_and_status_shows_each_known_machine(spawn_agent, s
         assert set(latest) == {"system.uptime", "load.avg", "memory.info", "filesystem.usage"}
         assert latest["system.uptime"]["result"]["seconds"] > 0
         assert "load1" in latest["load.avg"]["result"]
-    assert rows["127.0.0.8"] == {"ip": "127.0.0.8", "last_seen": None, "reports": 0, "status": None, "latest": {}}
+    assert rows["127.0.0.8"] == {"ip": "127.0.0.8", "first_seen": None, "last_seen": None, "reports": 0,
+                                 "status": None, "interval": None, "up": False, "latest": {}}
 
     table = run_mdp("status", "--db", monitor.db, "--known-machines", monitor_keys)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:3] == ["MACHINE", "LAST", "REPORT"]
-    assert lines[1].startswith("127.0.0.2") and " ok " in lines[1] and "load " in lines[1]
-    assert lines[3].split()[:3] == ["127.0.0.8", "never", "0"]
+    assert lines[0].split()[:4] == ["MACHINE", "STATE", "LAST", "REPORT"]
+    assert lines[1].startswith("127.0.0.2") and " up " in lines[1] and " ok " in lines[1] and "load " in lines[1]
+    assert lines[3].split()[:4] == ["127.0.0.8", "-", "never", "0"]
 
 
 def test_enrolment_files_a_pending_key_that_accept_trusts_and_reject_refuses(spawn_agent, spawn_monitor, tmp_path):

@@ -27,7 +27,8 @@ def test_reports_are_stored_and_latest_values_kept(tmp_path):
     assert rows["10.0.0.5"]["latest"]["load.avg"]["result"] == {"load1": 0.7}
     assert rows["10.0.0.5"]["latest"]["service.status"]["error"]["code"] == "failed"
     assert rows["10.0.0.6"]["last_seen"] == 102.0
-    assert rows["10.0.0.7"] == {"ip": "10.0.0.7", "last_seen": None, "reports": 0, "status": None, "latest": {}}
+    assert rows["10.0.0.7"] == {"ip": "10.0.0.7", "first_seen": None, "last_seen": None, "reports": 0, "status": None,
+                                "interval": None, "up": False, "latest": {}}
     store.close()
 
 

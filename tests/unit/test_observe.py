@@ -1,0 +1,182 @@
+"""The monitor's read side in-process: retention, history, up/stale, the metrics collector, the HTTP server's rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from mdp_controller import web
+from mdp_controller.cli import _duration, human_duration
+from mdp_controller.metrics import FleetMetrics, exposition, registry_for
+from mdp_controller.retention import Pruner
+from mdp_controller.storage import (
+    DEFAULT_INTERVAL_S,
+    FleetReader,
+    ReportStore,
+    estimate_interval,
+    is_up,
+    monitor_info,
+    prune_reports,
+    set_monitor_info,
+)
+
+TOKEN = "a-token-of-thirty-two-characters"
+
+
+def report(load1=0.5, mountpoint="/", extra=()):
+    ops = [{"name": "load.avg", "result": {"load1": load1, "load5": 0.4, "load15": 0.3}},
+           {"name": "memory.info", "result": {"total": 1000, "available": 250, "swap": {"total": 0, "free": 0}}},
+           {"name": "filesystem.usage", "result": [{"mountpoint": mountpoint, "device": "/dev/x", "fstype": "ext4",
+                                                    "total": 100, "available": 40}]}, *extra]
+    return {"status": True, "version": "1.0", "operations": ops}
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.9, "59s"), (42 * 60, "42m"), (3600, "1h"),
+                                           (3600 + 5 * 60, "1h 5m"), (86400, "1d"), (3 * 86400 + 4 * 3600, "3d 4h")])
+def test_durations_read_as_people_say_them(seconds, text):
+    assert human_duration(seconds) == text
+
+
+def test_duration_arguments():
+    assert [_duration(t) for t in ("90", "90s", "15m", "12h", "7d", "2w")] == [90, 90, 900, 43200, 604800, 1209600]
+    for bad in ("", "d", "-1d", "0", "1y", "nan", "inf"):
+        with pytest.raises(Exception, match="duration|more than 0"):
+            _duration(bad)
+
+
+def test_interval_is_the_median_gap_and_up_means_within_three_of_them():
+    assert estimate_interval([100.0, 90.0, 80.0, 40.0, 30.0]) == 10.0   # one lost report does not move it
+    assert estimate_interval([100.0]) == DEFAULT_INTERVAL_S
+    assert is_up(100.0, 10.0, 130.0) and not is_up(100.0, 10.0, 130.1) and not is_up(None, 10.0, 0.0)
+
+
+def test_retention_prunes_old_reports_in_batches_and_keeps_recent_ones(tmp_path):
+    store = ReportStore(tmp_path / "mdp.db")
+    for i in range(4500):
+        store.add("10.0.0.5", report(), received_at=1000.0 + i)
+    for i in range(10):
+        store.add("10.0.0.5", report(), received_at=100_000.0 + i)
+    store.flush()
+    pruner = Pruner(store, retention_s=50_000.0, batch=2000)
+    assert [pruner.step(now=150_000.0) for _ in range(4)] == [2000, 2000, 500, 0]
+    assert pruner.pruned == 4500
+    rows = store.conn.execute("SELECT MIN(received_at), COUNT(*) FROM reports").fetchone()
+    assert tuple(rows) == (100_000.0, 10)
+    # The machine and its latest values stay: retention is about history, not about forgetting machines.
+    assert FleetReader(tmp_path / "mdp.db").machines()[0]["reports"] == 4510
+    assert prune_reports(store.conn, older_than=0.0) == 0
+
+
+def test_history_is_thinned_evenly_to_the_limit(tmp_path):
+    store = ReportStore(tmp_path / "mdp.db")
+    for i in range(100):
+        store.add("10.0.0.5", report(load1=i), received_at=1000.0 + i)
+    store.flush()
+    reader = FleetReader(tmp_path / "mdp.db")
+    points = reader.history("10.0.0.5", since=0, until=2000, limit=10)
+    assert [p["report"]["operations"][0]["result"]["load1"] for p in points] == list(range(0, 100, 10))
+    assert len(reader.history("10.0.0.5", since=1050, until=2000)) == 50
+    assert reader.history("10.0.0.6", since=0) == []
+
+
+def test_metrics_are_built_from_the_database_at_scrape_time(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    nic = {"name": "network.stats", "result": [{"name": "eth0", "rx_bytes": 10, "tx_bytes": 20}]}
+    bad = {"name": "process.count", "result": {"total": "many", "threads": True}}   # not numbers: left out
+    store.add("10.0.0.5", report(mountpoint='/odd "mount"\\x', extra=[nic, bad]))
+    store.add("10.0.0.6", report(), received_at=1.0)   # reported once, long ago: down
+    store.flush()
+    metrics = FleetMetrics(str(db))
+    text = exposition(registry_for(metrics)).decode()
+    assert 'mdp_machine_up{machine="10.0.0.5"} 1.0' in text and 'mdp_machine_up{machine="10.0.0.6"} 0.0' in text
+    assert "# TYPE mdp_machine_reports_total counter" in text
+    assert 'mdp_memory_available_bytes{machine="10.0.0.5"} 250.0' in text
+    assert 'mdp_network_receive_bytes_total{interface="eth0",machine="10.0.0.5"} 10.0' in text
+    assert 'mountpoint="/odd \\"mount\\"\\\\x"' in text   # escaped by prometheus_client, not by hand
+    assert 'mdp_processes{' not in text and 'mdp_threads{' not in text
+    assert "mdp_monitor_datagrams_received_total" not in text   # no running collector in this process
+    store.add("10.0.0.7", report())
+    store.flush()
+    assert 'mdp_machine_up{machine="10.0.0.7"} 1.0' in exposition(registry_for(metrics)).decode()
+
+
+def test_token_rules():
+    with pytest.raises(web.HttpConfigError, match="not a loopback address"):
+        web.check_exposure(("0.0.0.0", 9123), None)
+    with pytest.raises(web.HttpConfigError):
+        web.check_exposure(("monitor.example", 9123), None)
+    for host in ("127.0.0.1", "127.3.4.5", "::1", "localhost"):
+        web.check_exposure((host, 9123), None)
+    web.check_exposure(("0.0.0.0", 9123), TOKEN)
+
+
+def test_token_file_must_be_private_and_long(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o640)
+    with pytest.raises(web.HttpConfigError, match="readable by others"):
+        web.read_token(path)
+    path.chmod(0o600)
+    assert web.read_token(path) == TOKEN
+    path.write_text("short")
+    with pytest.raises(web.HttpConfigError, match="at least 16"):
+        web.read_token(path)
+    with pytest.raises(web.HttpConfigError, match="cannot read"):
+        web.read_token(tmp_path / "missing")
+
+
+def get(url, headers=None, method="GET"):
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def test_http_server_serves_only_its_routes_read_only_and_checks_the_token(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    store.add("10.0.0.5", report())
+    store.flush()
+    server, url = web.start(("127.0.0.1", 0), str(db), TOKEN)
+    try:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        basic = {"Authorization": "Basic " + base64.b64encode(f"anyone:{TOKEN}".encode()).decode()}
+        assert get(url)[0] == 401
+        assert get(url, {"Authorization": "Bearer " + TOKEN[:-1] + "X"})[0] == 401
+        assert get(url, {"Authorization": "Basic !!!"})[0] == 401
+        status, headers, body = get(url, basic)
+        assert status == 200 and b"MDP fleet" in body and "default-src 'self'" in headers["Content-Security-Policy"]
+        status, headers, _ = get(url + "static/app.js", bearer)
+        assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+        for path in ("static/../web.py", "static/%2e%2e/web.py", "static/missing.js", "etc/passwd", "api/nothing"):
+            assert get(url + path, bearer)[0] == 404, path
+        assert get(url + "metrics", bearer, method="POST")[0] == 405
+        machines = json.loads(get(url + "api/machines", bearer)[2])["machines"]
+        assert [(m["ip"], m["up"], m["memory_used_ratio"], m["disk_used_ratio"]) for m in machines] == [
+            ("10.0.0.5", True, 0.75, 0.6)]
+        detail = json.loads(get(url + "api/machines/10.0.0.5", bearer)[2])
+        assert set(detail["machine"]["latest"]) == {"load.avg", "memory.info", "filesystem.usage"}
+        history = json.loads(get(url + "api/machines/10.0.0.5/history?seconds=600", bearer)[2])
+        assert [p["load1"] for p in history["points"]] == [0.5]
+        assert get(url + "api/machines/10.9.9.9", bearer)[0] == 404
+        assert get(url + "metrics", bearer)[2].startswith(b"# HELP")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_monitor_info_records_and_forgets_the_page(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    assert monitor_info(db) == {}
+    set_monitor_info(store.conn, {"url": "http://127.0.0.1:9123/", "pid": 42})
+    assert monitor_info(db) == {"url": "http://127.0.0.1:9123/", "pid": "42"}
+    set_monitor_info(store.conn, {"url": None, "pid": None})
+    assert monitor_info(db) == {}
