@@ -189,6 +189,16 @@ class _Libcrypto(object):
             function.argtypes = argtypes
             return function
 
+        def bind_fast(symbol):
+            # A second, separate function object (lib[name] is never cached) without argtypes:
+            # per-argument conversion through argtypes was about half of a whole seal here
+            # (bench/bench_aead.py). Safe because every call site passes only what ctypes maps
+            # to the prototype by itself: a c_void_p for the context, bytes or None for
+            # const unsigned char *, byref() for pointers, and Python ints for int parameters.
+            function = lib[symbol]
+            function.restype = i
+            return function
+
         self.ctx_new = bind("EVP_CIPHER_CTX_new", vp, [])
         self.ctx_free = bind("EVP_CIPHER_CTX_free", None, [vp])
         self.ctx_ctrl = bind("EVP_CIPHER_CTX_ctrl", i, [vp, i, i, vp])
@@ -198,6 +208,14 @@ class _Libcrypto(object):
         self.decrypt_init = bind("EVP_DecryptInit_ex", i, [vp, vp, vp, cp, cp])
         self.decrypt_update = bind("EVP_DecryptUpdate", i, [vp, vp, pi, cp, i])
         self.decrypt_final = bind("EVP_DecryptFinal_ex", i, [vp, vp, pi])
+        # The per-call path (seal/open): the same functions, unconverted.
+        self.fast_ctrl = bind_fast("EVP_CIPHER_CTX_ctrl")
+        self.fast_encrypt_init = bind_fast("EVP_EncryptInit_ex")
+        self.fast_encrypt_update = bind_fast("EVP_EncryptUpdate")
+        self.fast_encrypt_final = bind_fast("EVP_EncryptFinal_ex")
+        self.fast_decrypt_init = bind_fast("EVP_DecryptInit_ex")
+        self.fast_decrypt_update = bind_fast("EVP_DecryptUpdate")
+        self.fast_decrypt_final = bind_fast("EVP_DecryptFinal_ex")
         self.clear_errors = bind("ERR_clear_error", None, []) if hasattr(lib, "ERR_clear_error") else None
         # OpenSSL 3 re-fetches the implementation from the provider on every init when handed
         # EVP_aes_256_gcm(); fetching it once up front makes each init cheaper (measured in
@@ -274,6 +292,9 @@ class _Context(object):
                 and lib.ctx_ctrl(self.ctx, EVP_CTRL_GCM_SET_IVLEN, NONCE_SIZE, None)):
             self.close()
             raise AeadError("cannot set up an AES-256-GCM context in %s" % lib.path)
+        self.pointer = ctypes.c_void_p(self.ctx)    # what the unconverted per-call functions take
+        self.written = ctypes.c_int(0)              # EVP's out-length, per context hence per thread
+        self.written_ref = ctypes.byref(self.written)
 
     def close(self):
         ctx, self.ctx = self.ctx, None
@@ -321,53 +342,53 @@ class LibcryptoAesGcm(object):
 
     def seal(self, key, nonce, plaintext, aad=b""):
         """ciphertext || 16-byte tag of plaintext, authenticating aad too."""
-        _check_sizes(key, nonce)
-        key = _as_bytes(key, "key")
-        nonce = _as_bytes(nonce, "nonce")
-        plaintext = _as_bytes(plaintext, "plaintext")
-        aad = _as_bytes(aad, "aad")
+        if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+            _check_sizes(key, nonce)
+        if not (type(key) is type(nonce) is type(plaintext) is type(aad) is bytes):   # the usual case, fast
+            key, nonce = _as_bytes(key, "key"), _as_bytes(nonce, "nonce")
+            plaintext, aad = _as_bytes(plaintext, "plaintext"), _as_bytes(aad, "aad")
         lib = self._lib
-        ctx = self._context("sealer", True).ctx
+        context = getattr(self._local, "sealer", None) or self._context("sealer", True)
+        ctx, written = context.pointer, context.written_ref
         size = len(plaintext)
         out = ctypes.create_string_buffer(size + TAG_SIZE)   # ciphertext, then the tag right after it
         tail = ctypes.byref(out, size)
-        written = ctypes.c_int(0)
-        if not lib.encrypt_init(ctx, None, None, key, nonce):
+        if not lib.fast_encrypt_init(ctx, None, None, key, nonce):
             self._fail("sealer", "EVP_EncryptInit_ex")
-        if aad and not lib.encrypt_update(ctx, None, written, aad, len(aad)):
+        if aad and not lib.fast_encrypt_update(ctx, None, written, aad, len(aad)):
             self._fail("sealer", "EVP_EncryptUpdate (aad)")
-        if size and not lib.encrypt_update(ctx, out, written, plaintext, size):
+        if size and not lib.fast_encrypt_update(ctx, out, written, plaintext, size):
             self._fail("sealer", "EVP_EncryptUpdate")
-        if not lib.encrypt_final(ctx, tail, written):      # GCM writes nothing here
+        if not lib.fast_encrypt_final(ctx, tail, written):      # GCM writes nothing here
             self._fail("sealer", "EVP_EncryptFinal_ex")
-        if not lib.ctx_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, tail):
+        if not lib.fast_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, tail):
             self._fail("sealer", "EVP_CTRL_GCM_GET_TAG")
         return out.raw
 
     def open(self, key, nonce, data, aad=b""):
         """The plaintext of ciphertext || tag; InvalidTag if it does not authenticate."""
-        _check_sizes(key, nonce)
-        key = _as_bytes(key, "key")
-        nonce = _as_bytes(nonce, "nonce")
-        data = _as_bytes(data, "data")
-        aad = _as_bytes(aad, "aad")
+        if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+            _check_sizes(key, nonce)
+        if not (type(key) is type(nonce) is type(data) is type(aad) is bytes):
+            key, nonce = _as_bytes(key, "key"), _as_bytes(nonce, "nonce")
+            data, aad = _as_bytes(data, "data"), _as_bytes(aad, "aad")
         if len(data) < TAG_SIZE:
             raise InvalidTag("sealed data is %d bytes, shorter than the %d-byte tag" % (len(data), TAG_SIZE))
         lib = self._lib
-        ctx = self._context("opener", False).ctx
+        context = getattr(self._local, "opener", None) or self._context("opener", False)
+        ctx, written = context.pointer, context.written_ref
         size = len(data) - TAG_SIZE
         out = ctypes.create_string_buffer(size + TAG_SIZE)    # room for Final, which writes nothing
-        written = ctypes.c_int(0)
-        if not lib.decrypt_init(ctx, None, None, key, nonce):
+        if not lib.fast_decrypt_init(ctx, None, None, key, nonce):
             self._fail("opener", "EVP_DecryptInit_ex")
-        if aad and not lib.decrypt_update(ctx, None, written, aad, len(aad)):
+        if aad and not lib.fast_decrypt_update(ctx, None, written, aad, len(aad)):
             self._fail("opener", "EVP_DecryptUpdate (aad)")
-        if size and not lib.decrypt_update(ctx, out, written, data[:size], size):
+        if size and not lib.fast_decrypt_update(ctx, out, written, data[:size], size):
             self._fail("opener", "EVP_DecryptUpdate")
         # The tag goes in before Final (OpenSSL copies it); Final compares in constant time.
-        if not lib.ctx_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, data[size:]):
+        if not lib.fast_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, data[size:]):
             self._fail("opener", "EVP_CTRL_GCM_SET_TAG")
-        if lib.decrypt_final(ctx, ctypes.byref(out, size), written) <= 0:
+        if lib.fast_decrypt_final(ctx, ctypes.byref(out, size), written) <= 0:
             self._discard("opener")
             raise InvalidTag("AES-GCM tag mismatch: wrong key, nonce or associated data, or altered data")
         return out.raw[:size]
