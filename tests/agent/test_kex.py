@@ -177,3 +177,25 @@ def test_agrees_with_openssls_dh_through_cryptography():
         my_public = dh.DHPublicNumbers(int.from_bytes(mine.public_bytes, "big"), numbers).public_key()
         their_secret = theirs.exchange(my_public)
     assert mine.shared_secret(their_public) == their_secret.rjust(384, b"\x00")
+
+
+def test_the_prime_is_openssls_builtin_ffdhe3072(tmp_path):
+    """A third source for p besides the RFC's hex and its formula: OpenSSL's named group."""
+    import shutil
+    import subprocess
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        pytest.skip("cryptography is not installed for this Python")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command on this machine")
+    pem = tmp_path / "ffdhe3072.pem"
+    made = subprocess.call([openssl, "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe3072",
+                            "-out", str(pem)], stderr=subprocess.DEVNULL)
+    if made != 0:
+        pytest.skip("this openssl (before 3.0?) has no named group ffdhe3072 for genpkey")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        numbers = serialization.load_pem_parameters(pem.read_bytes()).parameter_numbers()
+    assert (numbers.p, numbers.g) == (P, 2)
