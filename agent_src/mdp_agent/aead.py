@@ -101,7 +101,7 @@ def _linked_sonames():
     return names
 
 
-def _loaded_libcrypto_paths():
+def _loaded_libcrypto_paths(maps_path="/proc/self/maps"):
     """Paths of libcrypto objects mapped into this process after importing _ssl and _hashlib.
 
     Using the very library the interpreter links means one OpenSSL per process, the one the
@@ -111,11 +111,15 @@ def _loaded_libcrypto_paths():
     linked = _linked_sonames()      # imports _ssl and _hashlib first, which maps their libcrypto
     paths = []
     try:
-        with open("/proc/self/maps") as maps:
+        with open(maps_path) as maps:
             for line in maps:
                 fields = line.split(None, 5)
                 if len(fields) == 6:
                     path = fields[5].strip()
+                    if path.endswith(" (deleted)"):
+                        # Upgraded on disk since it was mapped: dlopen by its name finds the
+                        # copy already in memory (the loader matches loaded objects by soname).
+                        path = os.path.basename(path[:-len(" (deleted)")])
                     if os.path.basename(path).startswith("libcrypto") and path not in paths:
                         paths.append(path)
     except (IOError, OSError):

@@ -171,9 +171,8 @@ def test_every_extra_libcrypto_agrees_with_the_interpreters():
             assert other.open(key, nonce, sealed, aad) == plaintext
 
 
-def test_threads_seal_and_open_at_once_without_mixing_state():
+def test_threads_seal_and_open_at_once_without_mixing_state(impl):
     """Each thread has its own contexts: results from 4 threads at once equal single-threaded ones."""
-    impl = aead.libcrypto()
     jobs = [(os.urandom(32), os.urandom(12), os.urandom(n % 1500), os.urandom(n % 30)) for n in range(400)]
     expected = [impl.seal(*job) for job in jobs]
     failures = []
@@ -213,6 +212,19 @@ def test_the_library_found_is_the_one_this_interpreter_links():
     assert impl.description.endswith("(%s)" % loaded[0])
     assert "OpenSSL" in impl.description
     assert next(aead.candidate_libraries()) == ("loaded by this interpreter", loaded[0])
+
+
+def test_mapped_libraries_are_read_from_proc_maps_and_a_deleted_one_by_its_name(tmp_path):
+    """A libcrypto upgraded on disk while mapped shows as '(deleted)': dlopen its name instead."""
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f01-7f02 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libssl.so.1.0.0\n"
+        "7f03-7f04 r-xp 00000000 08:01 2 /lib/x86_64-linux-gnu/libcrypto.so.1.0.0 (deleted)\n"
+        "7f05-7f06 r--p 00001000 08:01 2 /lib/x86_64-linux-gnu/libcrypto.so.1.0.0 (deleted)\n"
+        "7f07-7f08 rw-p 00000000 00:00 0 \n"
+        "7f09-7f0a r-xp 00000000 08:01 3 /opt/other/libcrypto-abc.so.1.1\n")
+    found = aead._loaded_libcrypto_paths(str(maps))
+    assert sorted(found) == ["/opt/other/libcrypto-abc.so.1.1", "libcrypto.so.1.0.0"]
 
 
 def test_no_usable_library_is_a_clear_error_naming_what_to_install(tmp_path):
