@@ -6,7 +6,7 @@ Two implementations give identical bytes (tests/agent/test_aead.py proves it wit
   what the agent uses, on Python 3.4+ and OpenSSL 1.0.1 (Ubuntu 14.04) through OpenSSL 3: it uses
   only EVP calls that exist in all of them (EVP_CIPHER_CTX_new/free, EVP_aes_256_gcm,
   EVP_{En,De}cryptInit_ex/Update/Final_ex, EVP_CIPHER_CTX_ctrl with the GCM controls, whose
-  numbers have never changed), and EVP_CIPHER_fetch where OpenSSL 3 has it.
+  numbers have never changed).
 * CryptographyAesGcm: the `cryptography` package's AESGCM, for the controller and the monitor
   (ansible-core depends on `cryptography`, so wherever the controller runs it is there). It lives
   here, not in controller_src, so that the one interface and its equality test sit in one place
@@ -53,15 +53,25 @@ INSTALL_HINT = ("install OpenSSL's libcrypto 1.0.1 or newer: on Debian/Ubuntu th
 
 
 class AeadError(Exception):
-    """Base of this module's errors."""
+    """Base of this module's errors: a stable `code` and a prose `message`, like ProtocolError."""
+
+    code = "aead_error"
+
+    def __init__(self, message):
+        Exception.__init__(self, message)
+        self.message = message
 
 
 class AeadUnavailable(AeadError):
     """AES-256-GCM cannot be provided here; the message says what is missing and what to install."""
 
+    code = "aead_unavailable"
+
 
 class InvalidTag(AeadError):
     """The data did not authenticate under this key, nonce and associated data (or was cut short)."""
+
+    code = "bad_tag"
 
 
 def _check_sizes(key, nonce):
@@ -221,15 +231,10 @@ class _Libcrypto(object):
         self.fast_decrypt_update = bind_fast("EVP_DecryptUpdate")
         self.fast_decrypt_final = bind_fast("EVP_DecryptFinal_ex")
         self.clear_errors = bind("ERR_clear_error", None, []) if hasattr(lib, "ERR_clear_error") else None
-        # OpenSSL 3 re-fetches the implementation from the provider on every init when handed
-        # EVP_aes_256_gcm(); fetching it once up front makes each init cheaper (measured in
-        # bench/bench_aead.py). OpenSSL 1.x has no providers: the static EVP_CIPHER is it.
-        cipher = None
-        if hasattr(lib, "EVP_CIPHER_fetch"):
-            fetch = bind("EVP_CIPHER_fetch", vp, [vp, cp, cp])
-            cipher = fetch(None, b"AES-256-GCM", None)
-        if not cipher:
-            cipher = bind("EVP_aes_256_gcm", vp, [])()
+        # The static EVP_CIPHER exists in every version. OpenSSL 3 fetches the provider's
+        # implementation behind it whenever a context is initialised with it, which here happens
+        # once per thread (see LibcryptoAesGcm), so EVP_CIPHER_fetch would buy nothing.
+        cipher = bind("EVP_aes_256_gcm", vp, [])()
         if not cipher:
             raise AeadUnavailable("%s has no AES-256-GCM implementation available" % name)
         self.cipher = cipher
@@ -317,9 +322,11 @@ class LibcryptoAesGcm(object):
 
     Each thread keeps one encrypting and one decrypting context, set up once with the cipher and
     the IV length; a call only sets key and nonce (EVP_*Init_ex with cipher NULL, the reuse
-    OpenSSL documents from 1.0.1 on) and so skips allocating and re-fetching the cipher, which
-    costs about a third of a seal on OpenSSL 3 (bench/bench_aead.py). A context is freed when
-    its thread ends, and at once after any failure, so no context in an unknown state is reused.
+    OpenSSL documents from 1.0.1 on) and so skips allocating a context and, on OpenSSL 3,
+    fetching the cipher from the provider: a fresh context per call made a seal about twice as
+    slow here (bench/bench_aead.py). A context is freed when
+    its thread ends, and at once after any unexpected failure, so no context in an unknown state
+    is reused (a tag mismatch is expected: the next key and IV reset everything).
     """
 
     name = "libcrypto"
@@ -393,7 +400,10 @@ class LibcryptoAesGcm(object):
         if not lib.fast_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, data[size:]):
             self._fail("opener", "EVP_CTRL_GCM_SET_TAG")
         if lib.fast_decrypt_final(ctx, ctypes.byref(out, size), written) <= 0:
-            self._discard("opener")
+            # The context stays: the next call sets key and IV, which resets all GCM state, and
+            # a stranger's forged datagram should cost no more than a verification.
+            if lib.clear_errors is not None:
+                lib.clear_errors()
             raise InvalidTag("AES-GCM tag mismatch: wrong key, nonce or associated data, or altered data")
         return out.raw[:size]
 

@@ -119,8 +119,9 @@ def test_wrong_sizes_and_types_are_refused(impl):
     with pytest.raises(TypeError):
         impl.seal(key, nonce, "text, not bytes")
     for short in (b"", b"t" * 15):
-        with pytest.raises(aead.InvalidTag, match="shorter than the 16-byte tag"):
+        with pytest.raises(aead.InvalidTag, match="shorter than the 16-byte tag") as caught:
             impl.open(key, nonce, short)
+        assert caught.value.code == "bad_tag"
     # The empty message still has its tag, and bytearray/memoryview inputs work like bytes.
     sealed = impl.seal(key, nonce, b"")
     assert len(sealed) == aead.TAG_SIZE and impl.open(key, nonce, sealed) == b""
@@ -233,6 +234,7 @@ def test_no_usable_library_is_a_clear_error_naming_what_to_install(tmp_path):
     with pytest.raises(aead.AeadUnavailable) as caught:
         aead.load_libcrypto(["libcrypto.so.0.0.0-does-not-exist", str(not_crypto), "libc.so.6"])
     message = str(caught.value)
+    assert caught.value.code == "aead_unavailable" and caught.value.message == message
     assert "libcrypto.so.0.0.0-does-not-exist" in message and str(not_crypto) in message
     assert "libc.so.6" in message and "lacks EVP_CIPHER_CTX_new" in message
     assert "never sends clear text" in message
