@@ -63,6 +63,20 @@ def test_one_expander_serves_many_infos_without_state_leaking_between_them():
     assert first == again and len(set(first)) == 50
 
 
+@settings(max_examples=200, deadline=None)
+@given(prk=st.binary(min_size=32, max_size=200), info=st.binary(max_size=80),
+       length=st.integers(min_value=1, max_value=300))
+def test_the_expander_is_hmac_as_the_standard_library_computes_it(prk, info, length):
+    """The expander writes HMAC out over hashlib (long PRKs hashed first): check it against hmac."""
+    import hashlib
+    import hmac
+    okm, previous, counter = b"", b"", 1
+    while len(okm) < length:
+        previous = hmac.new(prk, previous + info + bytes(bytearray([counter])), hashlib.sha256).digest()
+        okm, counter = okm + previous, counter + 1
+    assert hkdf.HkdfExpander(prk).expand(info, length) == okm[:length]
+
+
 @settings(max_examples=100, deadline=None)
 @given(ikm=st.binary(max_size=100), salt=st.binary(max_size=80), info=st.binary(max_size=80),
        length=st.integers(min_value=1, max_value=300))
@@ -74,3 +88,29 @@ def test_agrees_with_cryptography_hkdf(ikm, salt, info, length):
         pytest.skip("cryptography is not installed for this Python")
     theirs = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
     assert hkdf.hkdf(ikm, salt, info, length) == theirs
+
+
+def test_the_design_notes_worked_example():
+    """docs/mdp2-design.md (a): the proposed MDP/2 key schedule, message key and sealed datagram."""
+    import struct
+
+    from mdp_agent import aead
+    prk = hkdf.hkdf_extract(b"MDP/2 key schedule", bytes(bytearray(range(32))))
+    to_agent = hkdf.hkdf_expand(prk, b"MDP/2 to-agent", 32)
+    assert binascii.hexlify(prk) == b"4dbd8b5184445d69c19186d9cc3158591832459e1d976b626c75ed750e42db0d"
+    assert binascii.hexlify(to_agent) == b"a047ece8e8d3223e2af8fd8634673bc28b2ea566f1067d200e0c4b06d0698bcc"
+    assert binascii.hexlify(hkdf.hkdf_expand(prk, b"MDP/2 to-controller", 32)) == \
+        b"b4b1317f80e85ce7761c0ea6870eef15ce99247e2154309675dd078d92413f35"
+    msg_id, timestamp_ms = unhex("0102030405060708"), 1767225600000
+    header = struct.pack("!2sBBBBHH8sQ", b"MD", 2, 1, 0, 0, 0, 1, msg_id, timestamp_ms)
+    message_key = hkdf.HkdfExpander(to_agent).expand(b"MDP/2 message" + b"\x01" + msg_id
+                                                     + struct.pack("!Q", timestamp_ms))
+    assert binascii.hexlify(message_key) == b"f924c31582d6b743d71e85ec195f0341b3d97498a55f9e53d03b9da7bb43697a"
+    expected = unhex("d784782d7e5a4b300e607fbdfc3e2ea4e9b68217529939 d275ca6b58cee50373be552bb629fffc")
+    sides = [aead.libcrypto()]
+    try:
+        sides.append(aead.cryptography())
+    except aead.AeadUnavailable:
+        pass
+    for side in sides:
+        assert side.seal(message_key, b"\x00" * 12, b'{"operations":["ping"]}', header) == expected
