@@ -24,11 +24,10 @@ Thread safety: contexts are per thread (threading.local) and every call allocate
 buffer, so any number of threads may seal and open at once; the agent's own assumption is weaker
 (it seals and opens on the loop thread only; operations run on worker threads and hand their
 results back). Nothing mutable is shared but the loaded library, whose EVP calls are thread-safe in
-OpenSSL 1.1+; for 1.0.x, importing _ssl, which we do first, installs the locking callbacks it needs.
+OpenSSL 1.1+; for 1.0.x, importing _ssl, which we then do, installs the locking callbacks it needs.
 """
 
 import ctypes
-import ctypes.util
 import os
 import re
 import threading
@@ -91,14 +90,32 @@ def _as_bytes(value, name):
 
 # --- Finding the library ------------------------------------------------------------------------
 
-def _linked_sonames():
-    """The libcrypto sonames the _ssl/_hashlib extensions were linked against (DT_NEEDED).
+def _import_extensions(names):
+    """Import the named OpenSSL extensions that exist; their files, for those that have one.
 
-    Read from the extension files' dynamic string tables, where the linker wrote them: no ldd,
-    no ELF parser, and a wrong match costs nothing but the order in which candidates are tried.
+    _hashlib is enough to map the interpreter's libcrypto; _ssl (which also maps libssl, ~0.8 MiB
+    of RSS) is imported only when _hashlib did not do it, or for OpenSSL 1.0's locking callbacks.
+    """
+    paths = []
+    for name in names:
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        path = getattr(module, "__file__", None)
+        if path:
+            paths.append(path)
+    return paths
+
+
+def _linked_sonames(extension_paths):
+    """The libcrypto sonames these extension files were linked against (their DT_NEEDED).
+
+    Read from the files' dynamic string tables, where the linker wrote them: no ldd, no ELF
+    parser, and a wrong match costs nothing but the order in which candidates are tried.
     """
     names = []
-    for path in _extension_paths():
+    for path in extension_paths:
         try:
             with open(path, "rb") as handle:
                 data = handle.read(16 * 1024 * 1024)
@@ -111,14 +128,13 @@ def _linked_sonames():
     return names
 
 
-def _loaded_libcrypto_paths(maps_path="/proc/self/maps"):
-    """Paths of libcrypto objects mapped into this process after importing _ssl and _hashlib.
+def _loaded_libcrypto_paths(maps_path="/proc/self/maps", linked=()):
+    """Paths of libcrypto objects mapped into this process, those named in `linked` first.
 
     Using the very library the interpreter links means one OpenSSL per process, the one the
     distribution keeps patched; /proc/self/maps names it without running ldd. If several are
     mapped (someone dlopened another), the one the extensions were linked against comes first.
     """
-    linked = _linked_sonames()      # imports _ssl and _hashlib first, which maps their libcrypto
     paths = []
     try:
         with open(maps_path) as maps:
@@ -138,25 +154,21 @@ def _loaded_libcrypto_paths(maps_path="/proc/self/maps"):
     return paths
 
 
-def _extension_paths():
-    """The _ssl/_hashlib extension files (importing them maps the libcrypto they link)."""
-    paths = []
-    for name in ("_ssl", "_hashlib"):
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        path = getattr(module, "__file__", None)
-        if path:
-            paths.append(path)
+def _interpreters_libcrypto():
+    """The libcrypto paths this interpreter maps, after importing _hashlib (and _ssl if needed)."""
+    extensions = _import_extensions(["_hashlib"])
+    paths = _loaded_libcrypto_paths(linked=_linked_sonames(extensions))
+    if not paths:
+        extensions = _import_extensions(["_hashlib", "_ssl"])
+        paths = _loaded_libcrypto_paths(linked=_linked_sonames(extensions))
     return paths
 
 
 def candidate_libraries():
     """Where to look for libcrypto, best first: yields (how it was found, name or path to dlopen).
 
-    Lazy, so that ctypes.util.find_library (which runs ldconfig) only runs if the library this
-    interpreter already has loaded is unusable.
+    Lazy, so that ctypes.util (whose find_library runs ldconfig, and whose import alone pulls in
+    subprocess and shutil) is only used if the library this interpreter has loaded is unusable.
     """
     seen = set()
 
@@ -166,12 +178,14 @@ def candidate_libraries():
                 seen.add(name)
                 yield how, name
 
-    for pair in unseen(("loaded by this interpreter", path) for path in _loaded_libcrypto_paths()):
+    for pair in unseen(("loaded by this interpreter", path) for path in _interpreters_libcrypto()):
         yield pair
     # A Python built with a static OpenSSL may export its symbols from the extension itself.
-    for pair in unseen(("inside " + os.path.basename(path), path) for path in _extension_paths()):
+    extensions = _import_extensions(["_hashlib", "_ssl"])
+    for pair in unseen(("inside " + os.path.basename(path), path) for path in extensions):
         yield pair
     try:
+        import ctypes.util
         found = ctypes.util.find_library("crypto")
     except Exception:   # find_library runs ldconfig/gcc; any failure there just means "not found"
         found = None
@@ -239,6 +253,10 @@ class _Libcrypto(object):
             raise AeadUnavailable("%s has no AES-256-GCM implementation available" % name)
         self.cipher = cipher
         self.version = self._version(lib)
+        if not hasattr(lib, "OpenSSL_version_num"):
+            # OpenSSL 1.0.x (1.1 added OpenSSL_version_num) is only thread-safe with locking
+            # callbacks, which Python's _ssl installs when imported (Python 3.4-3.6 with 1.0).
+            _import_extensions(["_ssl"])
 
     @staticmethod
     def _version(lib):
