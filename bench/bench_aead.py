@@ -43,16 +43,17 @@ def fresh_context_seal(impl):
     def seal(key, nonce, plaintext, aad):
         ctx = lib.ctx_new()
         try:
+            pointer = ctypes.c_void_p(ctx)
             size = len(plaintext)
             out = ctypes.create_string_buffer(size + 16)
-            written = ctypes.c_int(0)
+            written = ctypes.byref(ctypes.c_int(0))
             lib.encrypt_init(ctx, lib.cipher, None, None, None)
             lib.ctx_ctrl(ctx, aead.EVP_CTRL_GCM_SET_IVLEN, 12, None)
-            lib.encrypt_init(ctx, None, None, key, nonce)
-            lib.encrypt_update(ctx, None, written, aad, len(aad))
-            lib.encrypt_update(ctx, out, written, plaintext, size)
-            lib.encrypt_final(ctx, ctypes.byref(out, size), written)
-            lib.ctx_ctrl(ctx, aead.EVP_CTRL_GCM_GET_TAG, 16, ctypes.byref(out, size))
+            lib.fast_encrypt_init(pointer, None, None, key, nonce)
+            lib.fast_encrypt_update(pointer, None, written, aad, len(aad))
+            lib.fast_encrypt_update(pointer, out, written, plaintext, size)
+            lib.fast_encrypt_final(pointer, ctypes.byref(out, size), written)
+            lib.fast_ctrl(pointer, aead.EVP_CTRL_GCM_GET_TAG, 16, ctypes.byref(out, size))
             return out.raw
         finally:
             lib.ctx_free(ctx)
