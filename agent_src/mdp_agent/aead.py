@@ -336,10 +336,10 @@ class LibcryptoAesGcm(object):
     Each thread keeps one encrypting and one decrypting context, set up once with the cipher and
     the IV length; a call only sets key and nonce (EVP_*Init_ex with cipher NULL, the reuse
     OpenSSL documents from 1.0.1 on) and so skips allocating a context and, on OpenSSL 3,
-    fetching the cipher from the provider: a fresh context per call made a seal about twice as
-    slow here (bench/bench_aead.py). A context is freed when
-    its thread ends, and at once after any unexpected failure, so no context in an unknown state
-    is reused (a tag mismatch is expected: the next key and IV reset everything).
+    fetching the cipher from the provider: a fresh context per call made a seal 1.5-1.7x as
+    slow here (bench/bench_aead.py). A context is freed when its thread ends, and at once after
+    any unexpected failure, so no context in an unknown state is reused (a tag mismatch is
+    expected: the next key and IV reset everything).
     """
 
     name = "libcrypto"
