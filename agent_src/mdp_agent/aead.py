@@ -158,7 +158,7 @@ def _interpreters_libcrypto():
     """The libcrypto paths this interpreter maps, after importing _hashlib (and _ssl if needed)."""
     extensions = _import_extensions(["_hashlib"])
     paths = _loaded_libcrypto_paths(linked=_linked_sonames(extensions))
-    if not paths:
+    if not extensions or not paths:     # no _hashlib file (some builds lack it), or it mapped nothing
         extensions = _import_extensions(["_hashlib", "_ssl"])
         paths = _loaded_libcrypto_paths(linked=_linked_sonames(extensions))
     return paths

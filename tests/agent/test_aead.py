@@ -226,6 +226,10 @@ def test_mapped_libraries_are_read_from_proc_maps_and_a_deleted_one_by_its_name(
         "7f09-7f0a r-xp 00000000 08:01 3 /opt/other/libcrypto-abc.so.1.1\n")
     found = aead._loaded_libcrypto_paths(str(maps))
     assert sorted(found) == ["/opt/other/libcrypto-abc.so.1.1", "libcrypto.so.1.0.0"]
+    # The one the interpreter's extensions were linked against comes first, whatever the map order.
+    assert aead._loaded_libcrypto_paths(str(maps), linked=["libcrypto-abc.so.1.1"])[0] == \
+        "/opt/other/libcrypto-abc.so.1.1"
+    assert aead._loaded_libcrypto_paths(str(maps), linked=["libcrypto.so.1.0.0"])[0] == "libcrypto.so.1.0.0"
 
 
 def test_no_usable_library_is_a_clear_error_naming_what_to_install(tmp_path):
