@@ -20,7 +20,7 @@ $(VENV)/.done: pyproject.toml
 
 $(OLD_VENV)/.done: tests/agent/oldpy-requirements.txt
 	$(OLD_PY) -m venv $(OLD_VENV)
-	$(OLD_VENV)/bin/pip install -q 'pip<22'
+	$(OLD_VENV)/bin/pip install -q --upgrade 'pip<22'   # 3.6's own pip 18 cannot install manylinux2014 wheels
 	$(OLD_VENV)/bin/pip install -q -r tests/agent/oldpy-requirements.txt
 	touch $@
 
