@@ -145,7 +145,8 @@ def _tally(wall: float, replies: dict) -> dict:
     errors: dict[str, int] = {}
     for r in replies.values():
         if not r.get("status"):
-            reason = str(r.get("error") or "status false").split(":")[0]
+            error = r.get("error")
+            reason = error.get("code", "error") if isinstance(error, dict) else str(error or "status false").split(":")[0]
             errors[reason] = errors.get(reason, 0) + 1
     return {"wall_s": round(wall, 3), "answered": answered, "failed": len(replies) - answered, "errors": errors}
 
