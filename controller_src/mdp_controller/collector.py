@@ -51,6 +51,10 @@ OFFERS_PER_S = 10.0
 STRANGER_HELLOS_PER_S = 2.0
 STRANGER_BURST = 5.0
 STRANGER_TABLE_ENTRIES = 4096  # sources tracked for that limit (LRU: forged sources cannot grow it)
+# HELLOs from strangers examined per second in all: forged sources defeat a per-source limit, so
+# past this the rest are dropped before any key is derived or file looked at. A fleet enrolling at
+# once is a few hundred machines that repeat their HELLO every interval: 200 a second takes them in.
+STRANGERS_PER_S = 200.0
 WARN_INTERVAL_S = 60.0         # one log line per cause per minute
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
 
@@ -84,6 +88,7 @@ class Collector(asyncio.DatagramProtocol):
         self._warned: dict[str, float] = {}
         self._strangers: OrderedDict[str, _Bucket] = OrderedDict()
         self._offers = _Bucket(OFFERS_PER_S, time.monotonic())
+        self._all_strangers = _Bucket(STRANGERS_PER_S, time.monotonic())
         self._pending_count: int | None = None
         self._offered: set[tuple[str, str]] = set()   # (ip, key) already handled: never written twice
         self._flush_failures = 0
@@ -211,10 +216,7 @@ class Collector(asyncio.DatagramProtocol):
     # --- handling ---------------------------------------------------------------------------------
 
     def _keys_for(self, ip: str, msg_id: bytes):
-        try:
-            return self.keystore.get(unmap_ip(ip))
-        except KeyStoreError:
-            return None
+        return self.keystore.lookup(unmap_ip(ip))
 
     def handle(self, data: bytes, addr):
         for event in self.endpoint.feed(data, addr, _now_ms(), time.monotonic()):
@@ -265,6 +267,8 @@ class Collector(asyncio.DatagramProtocol):
     # --- strangers --------------------------------------------------------------------------------
 
     def _stranger_allowed(self, ip: str, now: float) -> bool:
+        if not self._all_strangers.take(STRANGERS_PER_S, STRANGERS_PER_S, now):
+            return False
         bucket = self._strangers.get(ip)
         if bucket is None:
             bucket = self._strangers[ip] = _Bucket(STRANGER_BURST, now)

@@ -68,31 +68,48 @@ class KeyStore:
         base = self.path if state == "trusted" else self.path / state
         return base / f"{ip}.txt"
 
-    def get(self, ip: str) -> protocol.KeyPair:
-        """The trusted key for ip (cached until the file changes); KeyStoreError naming the cause.
+    def lookup(self, ip: str) -> protocol.KeyPair | None:
+        """The trusted key for ip, or None: the receive path's cheap form of get() (no hint, no exception).
 
         The file is stat'ed on every call, so a revoked or replaced key counts at once; only the
         address parsing is cached (the collector asks once per datagram).
         """
         path = self._paths.get(ip)
         if path is None:
-            path = self._paths[ip] = self.file(ip)
+            try:
+                path = self.file(ip)
+            except KeyStoreError:
+                return None
             if len(self._paths) > 100_000:   # bounded: addresses come from datagrams
                 self._paths.clear()
+            self._paths[ip] = path
         try:
             mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            hint = " (a key is pending: `mdp keys accept " + ip + "`)" if self.file(ip, "pending").exists() else ""
-            raise KeyStoreError(f"no key for {ip} in {self.path}{hint}") from None
+        except OSError:
+            return None
         cached = self._cache.get(ip)
         if cached and cached[0] == mtime:
             return cached[1]
         try:
             keys = read_key_file(str(path))
-        except (OSError, ValueError) as exc:
-            raise KeyStoreError(f"key for {ip} is unreadable: {exc}", "bad_key") from None
+        except (OSError, ValueError):
+            return None
         self._cache[ip] = (mtime, keys)
         return keys
+
+    def get(self, ip: str) -> protocol.KeyPair:
+        """The trusted key for ip (cached until the file changes); KeyStoreError naming the cause."""
+        keys = self.lookup(ip)
+        if keys is not None:
+            return keys
+        path = self.file(ip)
+        if path.exists():
+            try:
+                read_key_file(str(path))
+            except (OSError, ValueError) as exc:
+                raise KeyStoreError(f"key for {ip} is unreadable: {exc}", "bad_key") from None
+        hint = " (a key is pending: `mdp keys accept " + ip + "`)" if self.file(ip, "pending").exists() else ""
+        raise KeyStoreError(f"no key for {ip} in {self.path}{hint}")
 
     def get_text(self, ip: str, state: str = "trusted") -> str | None:
         try:

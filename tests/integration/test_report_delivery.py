@@ -89,3 +89,44 @@ def test_a_database_that_refuses_writes_gets_no_acks_and_recovers_by_itself(spaw
     stored, distinct = _stored(monitor, agent.ip)
     assert stored == distinct and stored >= 0.99 * agent.stats()["reports"]
     assert "Traceback" not in monitor.log()
+
+
+def test_a_request_stamped_before_the_agent_started_is_retried_fresh_without_the_user_noticing(
+        spawn_agent, known_machines, port, tmp_path):
+    """The client stamps and sends while the agent is down; the agent starts; the retransmission (stamped
+    before the agent's start) is refused as `restarted`, and the client sends a fresh copy that runs."""
+    import asyncio
+
+    from mdp_controller.client import Client
+    from mdp_controller.keystore import KeyStore
+
+    agent = spawn_agent("127.0.0.2")
+    agent.stop()   # its key stays trusted; it is down now
+
+    async def ask_while_it_starts():
+        async with Client(KeyStore(known_machines)) as client:
+            asking = asyncio.create_task(client.send_many([agent.ip], ["system.ping"], port=port, timeout=20))
+            await asyncio.sleep(0.3)   # the first copy is out (and lost: nobody listens)
+            await asyncio.get_running_loop().run_in_executor(None, agent.start)
+            return (await asking)[agent.ip]
+
+    reply = asyncio.run(ask_while_it_starts())
+    assert reply["status"] is True, reply
+    assert agent.stats()["dropped"]["restarted"] >= 1
+
+
+def test_cpu_and_process_sampling_never_hold_each_other_up(tmp_path):
+    """A long first sample (cpu.usage interval 5) does not block a concurrent sample of either kind."""
+    import threading
+
+    from mdp_operations import cpu, process
+
+    cpu._previous.update(key=None, stat=None, at=None)
+    process._previous.update(key=None, ticks=None, procs=None)
+    slow = threading.Thread(target=cpu.usage, kwargs={"interval": 5})
+    slow.start()
+    wait_for(lambda: cpu._lock.acquire(timeout=0.01) and (cpu._lock.release() or True), "the lock to be free")
+    quick = process.top(n=3, by="cpu", interval=0.05)
+    other = cpu.usage(interval=0.05)
+    assert quick and other["seconds"] >= 0 and slow.is_alive()   # both answered while the slow one slept
+    slow.join()
