@@ -23,6 +23,7 @@ import threading
 from mdp_operations import cluster as performance_ops
 
 from . import syncthing
+from .errors import MDPError
 
 LOG = logging.getLogger("mdp_agent.cluster")
 
@@ -71,13 +72,8 @@ _current = None
 _current_lock = threading.RLock()
 
 
-class ClusterError(Exception):
+class ClusterError(MDPError):
     """A request that cannot be applied; nothing was changed. code is a short machine-readable word."""
-
-    def __init__(self, code, message):
-        Exception.__init__(self, message)
-        self.code = code
-        self.message = message
 
 
 def folder_id(path):
