@@ -36,6 +36,10 @@ ARGUMENT_SPEC = {
 }
 
 
+# cluster_info fields that change the host: joining (the seed's cluster_mode) and leaving.
+CLUSTER_CHANGES = ("cluster_mode", "cluster_leave")
+
+
 def default_known_machines():
     """Same place the mdp CLI and the mdp_agent role use: $MDP_KNOWN_MACHINES, else beside ansible.cfg."""
     env = os.environ.get("MDP_KNOWN_MACHINES")
@@ -105,12 +109,19 @@ class ActionModule(ActionBase):
             result.update(self._send(task_vars or {}))
         except AnsibleActionFail as exc:  # a failed result with its cause, not a traceback
             result.update(exc.result)
+            # Said here, not left to exc.result: from ansible-core 2.19 on that dict no longer carries
+            # failed/msg (the exception sets them only when it propagates), so a failure would pass.
+            result.update(failed=True, msg=to_text(exc.message))
             result.pop("exception", None)  # the cause is in msg; a traceback would only hide it
         return result
 
     def _send(self, task_vars):
         result = {}
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        if not 1 <= args["port"] <= 65535:
+            raise AnsibleActionFail("port must be 1-65535, not %d" % args["port"])
+        if not args["timeout"] > 0:
+            raise AnsibleActionFail("timeout must be more than 0 seconds, not %g" % args["timeout"])
 
         if IMPORT_ERROR is not None:
             raise AnsibleActionFail(
@@ -121,8 +132,10 @@ class ActionModule(ActionBase):
         cluster_info = args["cluster_info"]
         operations = parse_operations(args["operations"], cluster_info)
         if self._task.check_mode:
-            if cluster_info and cluster_info.get("cluster_mode"):
-                result.update(skipped=True, msg="check mode: not sending cluster_info with cluster_mode (it changes the host)")
+            changes_cluster = [k for k in CLUSTER_CHANGES if (cluster_info or {}).get(k)]
+            if changes_cluster:
+                result.update(skipped=True, msg="check mode: not sending cluster_info with %s (it changes the host)"
+                              % " and ".join(changes_cluster))
                 return result
             changing = mutating_operations(operations)
             if changing:

@@ -41,11 +41,11 @@ options:
       - In check mode a O(cluster_info) with C(cluster_mode) is not sent and the task is skipped.
     type: dict
   port:
-    description: UDP port the agent listens on.
+    description: UDP port the agent listens on, 1-65535.
     type: int
     default: 12345
   timeout:
-    description: Seconds to wait for a verified reply, retries included.
+    description: Seconds to wait for a verified reply, retries included; more than 0.
     type: float
     default: 15.0
   known_machines:
@@ -58,7 +58,8 @@ attributes:
     support: full
     description:
       - Operations that only read run in check mode. Operations the agent's registry marks as
-        mutating, and a O(cluster_info) with C(cluster_mode), are not sent; the task is skipped.
+        mutating, and a O(cluster_info) with C(cluster_mode) or C(cluster_leave), are not sent;
+        the task is skipped.
   diff_mode:
     support: none
     description: Nothing on the host is compared or changed.
