@@ -36,7 +36,7 @@ options:
       - Cluster settings passed to the agent as they are (see the cluster documentation), for example the
         seed's message with C(cluster_machines) and C(cluster_mode) (a list of C(name=sync_folders) and C(folder)).
       - When it has C(cluster_mode) but no C(cluster_devices), the cluster is activated as the controller
-        library does it (C(mdp cluster activate)), once for all the hosts of the task in this run: every
+        library does it (C(mdp cluster activate)), once for all the hosts of the task in this run; every
         machine of C(cluster_machines) is asked for its Syncthing identity (C(cluster.identity)), then sent
         the seed's fields plus C(cluster_devices), so the seed's message works as written. Each host's
         result is its own machine's answer. O(operations) must then be empty.
