@@ -61,11 +61,11 @@ test-agent-oldpy: $(OLD_VENV)/.done
 	  "test-agent-oldpy: %s is Python %d.%d, not older than %d.%d" % ((sys.executable,) + sys.version_info[:2] + $(OLD_PY_BELOW)))'
 	PYTHONPATH=agent_src $(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/agent
 
-# Sanity, units and mdp_send's failure cases on every line; the pinned line's failure cases run in
-# the main pytest run below. Each line's venv is kept, so a second run only runs the checks.
+# Sanity, units, mdp_send's failure cases and the inventory plugin on every line; the pinned line's
+# loopback tests run in the main pytest run below. Each line's venv is kept, so a second run only checks.
 test-collection: setup
 	bash tests/ansible/collection_tests.sh $(ANSIBLE_OLDEST) "$(PY_ANSIBLE_OLDEST)"
-	MDP_COLLECTION_SEND_TESTS=0 bash tests/ansible/collection_tests.sh current
+	MDP_COLLECTION_LOOPBACK_TESTS=0 bash tests/ansible/collection_tests.sh current
 	bash tests/ansible/collection_tests.sh $(ANSIBLE_NEWEST) "$(PY_ANSIBLE_NEWEST)"
 
 test: setup lint test-agent-oldpy test-collection

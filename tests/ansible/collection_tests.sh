@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The mdp.core collection's checks under one ansible-core line: ansible-test sanity, ansible-test
-# units, and mdp_send's failure cases against real agents on loopback (tests/ansible/test_mdp_send_action.py).
+# units, then mdp_send (its failure cases included) and the mdp.core.mdp inventory plugin against real
+# agents and a real monitor on loopback (tests/ansible/test_mdp_send_action.py, test_inventory_plugin.py).
 #   tests/ansible/collection_tests.sh                        # the project's .venv (the pinned line)
 #   tests/ansible/collection_tests.sh 2.16 python3.11        # .venv-ansible216, made if needed
 #   tests/ansible/collection_tests.sh 2.21 /root/.pyenv/versions/3.12.1/bin/python3
-#   MDP_COLLECTION_SEND_TESTS=0 tests/ansible/collection_tests.sh   # sanity + units only
+#   MDP_COLLECTION_LOOPBACK_TESTS=0 tests/ansible/collection_tests.sh   # sanity + units only
 # A line's venv is made once with the interpreter that line needs (2.21 wants Python 3.12+) and kept
 # (.venv-ansibleXY/.done), so a second run only runs the checks. No container engine here, so
 # ansible-test makes its own venvs (--venv); its pip bootstrap script is replaced by get_pip_shim.py
@@ -47,9 +48,10 @@ echo "== ansible-core $("$venv/bin/python" -c "import ansible.release as r; prin
   PATH="$venv/bin:$PATH" ansible-test sanity --venv --python "$pyver" --color no
   PATH="$venv/bin:$PATH" ansible-test units --venv --python "$pyver" --color no
 )
-if [ "${MDP_COLLECTION_SEND_TESTS:-1}" != 0 ]; then
-  # ansible and ansible-playbook of this venv (mdp_ansible.BIN is the running interpreter's bin/).
+if [ "${MDP_COLLECTION_LOOPBACK_TESTS:-1}" != 0 ]; then
+  # ansible, ansible-inventory, ansible-doc of this venv (mdp_ansible.BIN is the interpreter's bin/).
   cd "$root"
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ansible/test_mdp_send_action.py
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ansible/test_mdp_send_action.py \
+    tests/ansible/test_inventory_plugin.py
 fi
 echo "== ansible-core $line line: $((SECONDS - start)) s"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sqlite3
 import time
 
 import pytest
@@ -62,11 +63,22 @@ def inventory_file(path, **options):
     return path
 
 
+def plain(value):
+    """ansible-inventory's JSON without the {"__ansible_unsafe": ...} marks of values that are not templates."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return plain(value["__ansible_unsafe"])
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def listed(source):
     result = run(["ansible-inventory", "-i", source, "--list"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[WARNING]" not in result.stderr, result.stderr   # a source that fails to parse is only a warning
-    return json.loads(result.stdout)
+    return plain(json.loads(result.stdout))
 
 
 def hosts(inventory, group):
@@ -97,6 +109,24 @@ def test_hosts_groups_and_hostvars_from_the_key_store_and_the_monitor(monitored)
     assert hostvars["127.0.0.3"]["mdp_status"] == "stale"
     assert hostvars["127.0.0.7"]["mdp_status"] == "unseen" and hostvars["127.0.0.7"]["mdp_last_seen"] is None
     assert hostvars["127.0.0.6"]["mdp_key_state"] == "pending"
+
+
+def test_what_agents_report_is_never_templated(monitored):
+    """An agent's OS name that looks like Jinja stays text when a play uses it (the value is in a copy
+    of the real monitor's database, written as the collector writes a system.info result)."""
+    work, known, monitor = monitored
+    db = work / "templated.db"
+    with sqlite3.connect(monitor.db) as live, sqlite3.connect(db) as copy:
+        live.backup(copy)
+        row = copy.execute("SELECT result FROM latest WHERE ip = '127.0.0.2' AND name = 'system.info'").fetchone()
+        info = dict(json.loads(row[0]), os={"id": "evil", "pretty_name": "{{ 6 * 7 }}"})
+        copy.execute("UPDATE latest SET result = ? WHERE ip = '127.0.0.2' AND name = 'system.info'",
+                     (json.dumps(info),))
+    source = inventory_file(work / "templated.mdp.yml", known_machines=str(known), database=str(db))
+    result = run(["ansible", "127.0.0.2", "-i", source, "-o", "-m", "ansible.builtin.debug",
+                  "-a", "var=mdp_os.pretty_name"], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout.split("=>", 1)[1])["mdp_os.pretty_name"] == "{{ 6 * 7 }}", result.stdout
 
 
 def test_without_a_database_only_the_key_store(monitored):

@@ -149,8 +149,8 @@ class ActionModule(ActionBase):
             result.update(self._send(task_vars or {}))
         except AnsibleActionFail as exc:  # a failed result with its cause, not a traceback
             result.update(exc.result)
-            # Said here, not left to exc.result: from ansible-core 2.19 on that dict no longer carries
-            # failed/msg (the exception sets them only when it propagates), so a failure would pass.
+            # Said here, not left to exc.result: on newer ansible-core (2.21 here) that dict no longer
+            # carries failed/msg (the exception adds them only when it propagates), so a failure passed.
             result.update(failed=True, msg=to_text(exc.message))
             result.pop("exception", None)  # the cause is in msg; a traceback would only hide it
         return result

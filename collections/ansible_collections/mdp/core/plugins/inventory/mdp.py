@@ -87,6 +87,7 @@ from ansible import constants as C
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
 
 try:
     from mdp_controller.keystore import KeyStore
@@ -199,6 +200,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 self.inventory.add_group(group)
         strict = self.get_option("strict")
         for ip, hostvars in machines.items():
+            # What agents reported is data, never a template: an OS name of "{{ ... }}" stays text.
+            hostvars = {name: wrap_var(value) for name, value in hostvars.items()}
             pending = hostvars["mdp_key_state"] == "pending"
             self.inventory.add_host(ip, group=PENDING_GROUP if pending else TRUSTED_GROUP)
             for name, value in hostvars.items():
