@@ -10,8 +10,9 @@ import sqlite3
 import sys
 import time
 
-from mdp_agent import protocol
+from mdp_agent import __version__, protocol
 from mdp_agent.errors import error_text
+from mdp_agent.registry import MAX_NAME, NAME_PATTERN
 
 from . import client
 from .keystore import KeyStore, KeyStoreError, normalise_ip
@@ -25,7 +26,11 @@ examples:
 
 TARGETS is a comma-separated list of IP addresses, or `all` for every machine in the key store.
 An OPERATION is a name (see `mdp ops`) or a JSON object {"name": ..., "args": {...}}.
-Exit status: 0 when every machine answered with status true, 1 otherwise, 2 for bad usage.
+Output: a machine that answered OK, and the closing summary line, go to stdout; a machine that
+failed (its block of lines, with the cause) goes to stderr, so `2>/dev/null` keeps only the successes.
+--json prints the one JSON document to stdout, failures included.
+Exit status: 0 when every machine answered with status true, 1 otherwise, 2 for bad usage
+(bad TARGETS, an operation name that cannot exist, malformed JSON: refused before anything is sent).
 """
 
 
@@ -81,17 +86,26 @@ def _json(text: str, what: str):
         raise UsageError(f"{what} is not JSON: {exc}") from None
 
 
+def _check_name(name: str, item: str):
+    """Refuse a name no agent can have registered (the registry's own rule), before anything is sent."""
+    if len(name) > MAX_NAME or not NAME_PATTERN.match(name):
+        raise UsageError(f"bad OPERATION {item!r}: an operation name is `name` or `module.name` (letters, digits, "
+                         f"underscores; at most {MAX_NAME} characters); `mdp ops` lists them")
+
+
 def _operations(items: list[str], args_json: str | None) -> list:
     ops: list = []
     for item in items:
         if item.lstrip().startswith("{"):
             op = _json(item, f"OPERATION {item!r}")
             try:
-                protocol.parse_operation(op)
+                name, _ = protocol.parse_operation(op)
             except ValueError as exc:
                 raise UsageError(f"bad OPERATION {item!r}: {exc}") from None
+            _check_name(name, item)
             ops.append(op)
         else:
+            _check_name(item, item)
             ops.append(item)
     if args_json is not None:
         if len(ops) != 1 or not isinstance(ops[0], str):
@@ -122,25 +136,29 @@ def _compact(value, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def print_replies(replies: dict[str, dict], out=sys.stdout):
-    """The human table: one block per machine, one line per operation."""
+def print_replies(replies: dict[str, dict], out=None, err=None):
+    """The human table: one block per machine, one line per operation. A failed machine's block goes
+    to err, the others and the summary to out."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     ok = sum(1 for r in replies.values() if r.get("status"))
     width = max((len(ip) for ip in replies), default=0)
     for ip, reply in replies.items():
+        to = out if reply.get("status") else err
         if "error" in reply and not reply.get("operations"):
-            print(f"{ip:<{width}}  FAILED  {error_text(reply['error'])}", file=out)
+            print(f"{ip:<{width}}  FAILED  {error_text(reply['error'])}", file=to)
             continue
-        print(f"{ip:<{width}}  {'OK' if reply.get('status') else 'FAILED'}", file=out)
+        print(f"{ip:<{width}}  {'OK' if reply.get('status') else 'FAILED'}", file=to)
         names = [str(item.get("name")) for item in reply.get("operations", [])]
         pad = max((len(n) for n in names), default=0)
         for name, item in zip(names, reply.get("operations", [])):
             if "error" in item:
-                err = item["error"]
-                print(f"  {name:<{pad}}  ERROR {err.get('code')}: {err.get('message')}", file=out)
+                err_item = item["error"]
+                print(f"  {name:<{pad}}  ERROR {err_item.get('code')}: {err_item.get('message')}", file=to)
             else:
-                print(f"  {name:<{pad}}  {_compact(item.get('result'))}", file=out)
+                print(f"  {name:<{pad}}  {_compact(item.get('result'))}", file=to)
         if reply.get("cluster_info"):
-            print(f"  {'cluster_info':<{pad}}  {_compact(reply['cluster_info'])}", file=out)
+            print(f"  {'cluster_info':<{pad}}  {_compact(reply['cluster_info'])}", file=to)
     print(f"{len(replies)} machine(s): {ok} ok, {len(replies) - ok} failed", file=out)
 
 
@@ -409,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdp", description="MDP, the Machine Diagnostics Protocol: ask machines for diagnostics over "
         "signed UDP, collect their reports, manage their keys.",
-        epilog="Keys live in ./.known_machines (or $MDP_KNOWN_MACHINES); `mdp COMMAND --help` for each command.")
+        epilog="Keys live in ./.known_machines (or $MDP_KNOWN_MACHINES); `mdp COMMAND --help` for each command. "
+        "Results go to stdout, failures to stderr.")
+    parser.add_argument("--version", action="version",
+                        version=f"mdp {__version__} (protocol {protocol.PROTOCOL_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, timeout=True):

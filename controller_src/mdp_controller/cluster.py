@@ -64,17 +64,25 @@ async def identities(send_many: SendMany, targets: list[str], **send_kwargs) -> 
 
 async def activate(send_many: SendMany | None, targets: Iterable[str], folder: str, *,
                    mode: str = MODE_SYNC_FOLDERS, **send_kwargs) -> dict:
-    """Make targets one cluster syncing folder. Returns {"ok", "machines": {ip: outcome}, "missing": [...]}.
+    """Make targets one cluster syncing folder. Returns {"ok", "machines": {ip: outcome}, "missing": [...],
+    "devices": {ip: device id}}.
 
-    Each outcome is {"ok": True, "cluster_info": answer, "device_id"} or {"ok": False, "error"}.
+    Each outcome is {"ok": True, "cluster_info": answer} or {"ok": False, "error"}.
     ok is true only when every machine applied it and none lacks a peer's identity.
     """
+    return await activate_message(send_many, seed_cluster_info(list(dict.fromkeys(targets)), folder, mode),
+                                  **send_kwargs)
+
+
+async def activate_message(send_many: SendMany | None, cluster_info: dict, **send_kwargs) -> dict:
+    """activate() for a cluster_info as the seed writes it (cluster_machines, cluster_mode), sent
+    to every machine of cluster_machines: the one implementation of activation (the CLI, the
+    mdp_send action plugin and playbooks/cluster.yml all come here). Returns what activate() does."""
     send_many = send_many or client.send_many
-    targets = list(dict.fromkeys(targets))
+    targets = [str(ip) for ip in dict.fromkeys(cluster_info.get("cluster_machines") or [])]
     ids = await identities(send_many, targets, **send_kwargs)
-    info = seed_cluster_info(targets, folder, mode)
-    info["cluster_devices"] = {ip: v["device_id"] for ip, v in ids.items() if "device_id" in v}
-    replies = await send_many(targets, [], info, **send_kwargs)
+    devices = {ip: v["device_id"] for ip, v in ids.items() if "device_id" in v}
+    replies = await send_many(targets, [], dict(cluster_info, cluster_devices=devices), **send_kwargs)
     machines = {}
     for ip in targets:
         outcome = _cluster_outcome(replies.get(ip, {}))
@@ -84,7 +92,7 @@ async def activate(send_many: SendMany | None, targets: Iterable[str], folder: s
         machines[ip] = outcome
     missing = sorted({ip for o in machines.values() for ip in o.get("cluster_info", {}).get("missing_identities", [])})
     return {"ok": all(o["ok"] for o in machines.values()) and not missing, "machines": machines,
-            "missing": missing}
+            "missing": missing, "devices": devices}
 
 
 async def status(send_many: SendMany | None, targets: Iterable[str], **send_kwargs) -> dict[str, dict]:

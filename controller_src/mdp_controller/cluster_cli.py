@@ -20,6 +20,7 @@ examples:
 activate asks each machine for its Syncthing identity, then sends every machine the seed's
 cluster_info ({"cluster_machines": [...], "cluster_mode": [{"name": "sync_folders", "folder": ...}]})
 plus the identities; each answers with its performance score 1-9 (docs/cluster.md).
+OK lines go to stdout, FAILED lines and missing identities to stderr.
 Exit status: 0 when every machine succeeded, 1 otherwise.
 """
 
@@ -58,12 +59,12 @@ def cmd_cluster(args) -> int:
     width = max(len(ip) for ip in rows)
     for ip, row in rows.items():
         if row.get("error") or row.get("ok") is False:
-            print(f"{ip:<{width}}  FAILED  {row.get('error')}")
+            print(f"{ip:<{width}}  FAILED  {row.get('error')}", file=sys.stderr)
             continue
         info = row.get("cluster_info", row)
         modes = info.get("machine_mode") or []
         score = ", ".join(f"{m.get('name')} performance {m.get('performance')}" for m in modes)
         print(f"{ip:<{width}}  OK  {score or json.dumps(info, separators=(',', ':'))[:100]}")
     if args.action == "activate" and outcome.get("missing"):
-        print(f"still missing identities: {', '.join(outcome['missing'])}")
+        print(f"still missing identities: {', '.join(outcome['missing'])}", file=sys.stderr)
     return 0 if ok else 1

@@ -1,8 +1,10 @@
 """deploy.yml on the booted test fleet: the AWX engine's run, idempotence, check mode, key safety.
 
-One real deploy (through ansible-runner's Python API, the engine AWX runs jobs with), then a second
-run that must change nothing, a check-mode run, and the refusal to replace a trusted key. The fleet
-is shared with the rest of the suite and left deployed.
+The hosts are booted anew first (`fleet.sh reset`: fresh overlays, never deployed, no python), and
+their old keys leave the project's key store, so the deploy is a first one. Then one real deploy
+(through ansible-runner's Python API, the engine AWX runs jobs with), a second run that must change
+nothing, a check-mode run that sends nothing to the agents, and the refusal to replace a trusted key.
+The fleet is shared with the rest of the suite and left deployed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import time
 import ansible_runner
 import pytest
 from mdp_ansible import BIN, REPO, run
+from mdp_fleet import load, run_script
+
+from mdp_controller import client
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -29,9 +34,26 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
+def has_python(host) -> bool:
+    return host.ssh("command -v python3", check=False).returncode == 0
+
+
 @pytest.fixture(scope="module")
-def deployed(fleet, tmp_path_factory):
-    """deploy.yml through ansible-runner, as an AWX job template would run it."""
+def fresh_fleet(fleet):
+    """The fleet's hosts booted anew (the session holds the fleet lock), none of them with python, and
+    the keys of the hosts that were there before out of the project's key store."""
+    result = run_script("reset", str(len(fleet.hosts)))
+    assert result.returncode == 0, f"fleet.sh reset failed:\n{result.stderr}"
+    fresh = load(fleet.inventory, booted=fleet.booted)
+    for host in fresh.hosts:
+        (REPO / ".known_machines" / f"{host.ip}.txt").unlink(missing_ok=True)
+    return fresh, {host.name: has_python(host) for host in fresh.hosts}
+
+
+@pytest.fixture(scope="module")
+def deployed(fresh_fleet, tmp_path_factory):
+    """deploy.yml through ansible-runner, as an AWX job template would run it, on never-deployed hosts."""
+    fleet, _ = fresh_fleet
     os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"  # ansible-runner starts ansible-playbook from PATH
     data_dir = tmp_path_factory.mktemp("runner")
     result = ansible_runner.run(
@@ -62,6 +84,27 @@ def test_runner_deploy_succeeds_with_stats_and_events(deployed):
     assert events[-1]["event"] == "playbook_on_stats"
 
 
+def test_bootstrap_installed_python_itself(fresh_fleet, deployed):
+    fleet, had_python = fresh_fleet
+    assert had_python == {h.name: False for h in fleet.hosts}   # booted without python...
+    assert {h.name: has_python(h) for h in fleet.hosts} == {h.name: True for h in fleet.hosts}   # ...deployed with
+
+
+def test_service_status_asks_the_hosts_real_systemd(deployed):
+    """service.status of ssh through the agent, answered by the host's systemd (the agent runs in its
+    hardened unit), and the same main PID as systemctl reports over SSH."""
+    fleet, _ = deployed
+    ips = [h.ip for h in fleet.hosts]
+    replies = client.send_sync(ips, [{"name": "service.status", "args": {"name": "ssh"}}], timeout=15)
+    for host in fleet.hosts:
+        reply = replies[host.ip]
+        assert reply["status"] is True, reply
+        result = reply["operations"][0]["result"]
+        assert (result["init"], result["known"], result["active"], result["state"]) == (
+            "systemd", True, True, "active"), result
+        assert result["pid"] == int(host.ssh("systemctl show -p MainPID --value ssh").stdout)
+
+
 def test_second_run_changes_nothing(deployed):
     fleet, _ = deployed
     result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml"])
@@ -71,11 +114,20 @@ def test_second_run_changes_nothing(deployed):
     assert {host: c["changed"] for host, c in counts.items()} == {host: 0 for host in counts}, result.stdout[-6000:]
 
 
+def requests_seen(fleet) -> dict[str, int]:
+    replies = client.send_sync([h.ip for h in fleet.hosts], ["agent.stats"], timeout=15)
+    return {ip: reply["operations"][0]["result"]["requests"] for ip, reply in replies.items()}
+
+
 def test_check_mode_on_a_deployed_fleet_predicts_no_change(deployed):
     fleet, _ = deployed
+    before = requests_seen(fleet)
     result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml", "--check"])
     assert result.returncode == 0, result.stdout[-4000:]
     assert all(c["changed"] == 0 and c["failed"] == 0 for c in recap(result.stdout).values()), result.stdout[-4000:]
+    # The agents' own counters: the signed-ping check is the only request check mode sends each one
+    # (a read), then this second agent.stats.
+    assert requests_seen(fleet) == {ip: n + 2 for ip, n in before.items()}, result.stdout[-4000:]
 
 
 def test_a_different_trusted_key_is_not_replaced(deployed, tmp_path):

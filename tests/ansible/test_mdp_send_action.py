@@ -7,11 +7,21 @@ make both the FQCN and the short name resolve.
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from mdp_ansible import run_tree
 
 _calls = itertools.count()
+
+
+def assert_failed(result, res):
+    """A failure as every ansible-core line must show it: exit status and FAILED, with the cause in msg.
+    (On ansible-core 2.21 a plugin that only copied AnsibleActionFail.result printed SUCCESS here.)"""
+    assert result.returncode != 0, result.stdout
+    assert res.get("msg"), res
+    assert "FAILED" in result.stdout and "SUCCESS" not in result.stdout, result.stdout
+    assert "exception" not in res and "Traceback" not in result.stdout + result.stderr, result.stdout
 
 
 def send(agent, module, args, *flags, known_machines=None):
@@ -48,7 +58,7 @@ def test_no_key_fails_naming_the_directory(loopback_agent, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir(mode=0o700)
     result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port}", known_machines=empty)
-    assert result.returncode != 0
+    assert_failed(result, res)
     assert f"no key for {loopback_agent.ip} in {empty}" in res["msg"]
 
 
@@ -60,40 +70,61 @@ def test_wrong_key_fails_and_nothing_runs(loopback_agent, tmp_path):
     (other / f"{loopback_agent.ip}.txt").chmod(0o600)
     result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port} timeout=2",
                        known_machines=other)
-    assert result.returncode != 0
+    assert_failed(result, res)
     assert res["msg"].startswith(f"mdp_send to {loopback_agent.ip}:{loopback_agent.port}: ")
     assert "signature" in res["msg"] or "timeout" in res["msg"], res["msg"]
 
 
 def test_unknown_operation_names_it(loopback_agent):
     result, res = send(loopback_agent, "mdp_send", f"operations=ping,no.such port={loopback_agent.port}")
-    assert result.returncode != 0
+    assert_failed(result, res)
     assert "no.such (unknown_operation" in res["msg"]
 
 
 def test_malformed_operation_fails_before_sending(loopback_agent):
     result, res = send(loopback_agent, "mdp_send",
                        '{"operations": [{"name": "ping", "argz": {}}], "port": %d}' % loopback_agent.port)
-    assert result.returncode != 0
+    assert_failed(result, res)
     assert "operations[0]: unknown field(s) argz" in res["msg"]
 
 
 def test_nobody_listening_times_out_with_the_cause(loopback_agent):
     result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port + 1} timeout=1")
-    assert result.returncode != 0
+    assert_failed(result, res)
     assert "timeout" in res["msg"]
 
 
-def test_check_mode_runs_reads_and_skips_cluster_mode(loopback_agent):
+@pytest.mark.parametrize("args, cause", [("port=70000", "port must be 1-65535, not 70000"),
+                                         ("port=0", "port must be 1-65535, not 0"),
+                                         ("timeout=0", "timeout must be more than 0 seconds, not 0")])
+def test_out_of_range_arguments_are_argument_errors(loopback_agent, args, cause):
+    before = loopback_agent.stats()["received"]
+    result, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port} {args}")
+    assert_failed(result, res)
+    assert res["msg"] == cause
+    assert loopback_agent.stats()["received"] == before + 1   # only the second agent.stats arrived
+
+
+def test_check_mode_runs_reads(loopback_agent):
+    before = loopback_agent.stats()["requests"]
     reads, res = send(loopback_agent, "mdp_send", f"operations=ping port={loopback_agent.port}", "--check")
     assert reads.returncode == 0, reads.stdout
     assert res["operations"][0]["result"]["reply"] == "pong"
+    assert loopback_agent.stats()["requests"] == before + 2   # the ping, then this agent.stats
 
-    cluster, _ = send(loopback_agent, "mdp_send",
-                      '{"operations": ["ping"], "cluster_info": {"cluster_mode": true}, "port": %d}'
-                      % loopback_agent.port, "--check")
+
+@pytest.mark.parametrize("cluster_info", [
+    {"cluster_machines": ["127.0.0.9"], "cluster_mode": [{"name": "sync_folders", "folder": "/srv/x"}]},
+    {"cluster_leave": True},
+])
+def test_check_mode_sends_nothing_that_changes_the_cluster(loopback_agent, cluster_info):
+    """Skipped, and the agent's own counters show no datagram reached it (not only the word SKIPPED)."""
+    before = loopback_agent.stats()["received"]
+    cluster, _ = send(loopback_agent, "mdp_send", json.dumps(
+        {"operations": ["ping"], "cluster_info": cluster_info, "port": loopback_agent.port}), "--check")
     assert cluster.returncode == 0, cluster.stdout
-    assert "SKIPPED" in cluster.stdout
+    assert "SKIPPED" in cluster.stdout, cluster.stdout
+    assert loopback_agent.stats()["received"] == before + 1   # only the second agent.stats arrived
 
 
 def test_check_mode_holds_back_mutating_operations(monkeypatch):

@@ -2,6 +2,9 @@
 agent processes (python -m mdp_agent) on 127.0.40.x, each driving its own real Syncthing."""
 
 import asyncio
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from integration.harness import Agent, free_port
 
 pytestmark = pytest.mark.slow
 FOLDER = "/uploaded_files"
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -84,3 +89,31 @@ def test_the_seed_message_as_is_and_a_bad_one(agents):
     assert reply["status"] is False
     assert reply["cluster_info"]["error"]["code"] == "bad_folder"
     assert "/etc" in reply["cluster_info"]["error"]["message"]
+
+
+def test_ansible_ad_hoc_seed_message_activates_once_for_every_host(agents):
+    """`ansible -m mdp_send` with the seed's message on three hosts: each host's result is its own
+    machine's answer, and each agent got exactly one identity request and one cluster_info, because
+    the action plugin runs the library's activation once for the run (asking every machine from every
+    host's task cost each agent N + 1 requests)."""
+    machines, send = agents
+    ips = [node.ip for node, _ in machines]
+    before = {agent.ip: agent.stats()["requests"] for _, agent in machines}
+    seed = controller.seed_cluster_info(ips, FOLDER)
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", ANSIBLE_NOCOLOR="1",
+               MDP_KNOWN_MACHINES=send["known_machines"])
+    env.pop("ANSIBLE_CONFIG", None)
+    result = subprocess.run([str(BIN / "ansible"), "all", "-i", ",".join(ips) + ",", "-c", "local", "-o",
+                             "-m", "mdp_send", "-a", json.dumps({"cluster_info": seed, "port": send["port"],
+                                                                 "timeout": 30})],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for ip in ips:
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{ip} |"))
+        answer = json.loads(line.split("=>", 1)[1])["cluster_info"]
+        assert answer["cluster_machines"] == ip
+        assert answer["missing_identities"] == []
+        assert 1 <= answer["machine_mode"][0]["performance"] <= 9
+    after = {agent.ip: agent.stats()["requests"] for _, agent in machines}
+    # cluster.identity, the cluster_info, then this second agent.stats
+    assert {ip: after[ip] - before[ip] for ip in ips} == {ip: 3 for ip in ips}

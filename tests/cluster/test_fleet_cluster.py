@@ -76,9 +76,26 @@ def test_the_playbook_twice_changes_nothing_the_second_time(fleet, cluster):
     assert recap(out) and all("changed=0" in line for line in recap(out)), out[-4000:]
 
 
+def requests_seen(hosts) -> dict[str, int]:
+    replies = client.send_sync([h.ip for h in hosts], ["agent.stats"], timeout=15)
+    return {ip: reply["operations"][0]["result"]["requests"] for ip, reply in replies.items()}
+
+
 def test_check_mode_on_a_clustered_fleet_predicts_no_change(fleet, cluster):
+    before = requests_seen(cluster)
     out = cluster_play(fleet, cluster, "--check")
     assert recap(out) and all("changed=0" in line and "failed=0" in line for line in recap(out)), out[-4000:]
+    # Nothing reached the agents (their own counters): only this second agent.stats.
+    assert requests_seen(cluster) == {ip: n + 1 for ip, n in before.items()}, out[-4000:]
+
+
+def test_check_mode_never_sends_cluster_leave(fleet, cluster):
+    before = requests_seen(cluster)
+    out = cluster_play(fleet, cluster, "--check", "-e", "mdp_cluster_leave=true")
+    assert "skipping" in out.lower() or "SKIPPED" in out, out[-4000:]
+    assert requests_seen(cluster) == {ip: n + 1 for ip, n in before.items()}, out[-4000:]
+    status = controller.status_sync([h.ip for h in cluster], timeout=10)
+    assert all(s.get("cluster_machines") == [h.ip for h in cluster] for s in status.values()), status
 
 
 def test_create_change_delete_propagate_across_syncthing_versions(cluster):

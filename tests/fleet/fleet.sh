@@ -6,7 +6,9 @@
 # machine's address; hosts get no default route and ip_forward is never touched, so a host reaches
 # the other hosts and the bridge address (an HTTP proxy for apt) and nothing else.
 #
-# Usage: fleet.sh up [N] | down | status | ssh INDEX [CMD...]
+# Usage: fleet.sh up [N] | reset [N] | down | status | ssh INDEX [CMD...]
+#   reset: every host booted anew from the cached rootfs (a fresh overlay: never deployed, no python),
+#          keeping the bridge and the proxy; what a deploy test starts from.
 # Environment: MDP_FLEET_SUBNET (first three octets, default 10.207.33), MDP_FLEET_MIRROR,
 # MDP_FLEET_SECURITY_MIRROR, MDP_FLEET_BOOT_TIMEOUT (seconds, default 300),
 # MDP_FLEET_PROXY_ALLOW (domains the proxy forwards to), MDP_FLEET_INSTANCE (a second, separate
@@ -487,6 +489,17 @@ stop_fleet_monitor() {
     start-stop-daemon --stop --quiet --oknodo --retry TERM/10/KILL/5 --pidfile "$pidfile" || true
 }
 
+cmd_reset() {
+    local n=${1:-3}
+    [[ $n =~ ^[1-9][0-9]*$ ]] && ((n <= MAX_HOSTS)) || die "N='$n' must be a number of hosts from 1 to $MAX_HOSTS"
+    need_root
+    take_lock
+    stop_fleet_monitor
+    # shellcheck disable=SC2046
+    stop_hosts $(known_indexes)
+    cmd_up "$n"
+}
+
 cmd_down() {
     local i start=$SECONDS
     need_root
@@ -543,8 +556,9 @@ check_config
 FLEET_N=0
 case ${1:-} in
 up) shift; cmd_up "$@" ;;
+reset) shift; cmd_reset "$@" ;;
 down) cmd_down ;;
 status) cmd_status ;;
 ssh) shift; cmd_ssh "$@" ;;
-*) die "usage: fleet.sh up [N] | down | status | ssh HOST_INDEX [CMD...]" ;;
+*) die "usage: fleet.sh up [N] | reset [N] | down | status | ssh HOST_INDEX [CMD...]" ;;
 esac

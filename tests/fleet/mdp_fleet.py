@@ -131,27 +131,49 @@ def skip_reason() -> str | None:
     return None
 
 
+# tests/ansible, tests/cluster and tests/fleet each register the fixture below (their conftest imports
+# it), so one session can hold several instances of it. They share one lock and one fleet: a second
+# flock taken by the same process on its own open file would wait for the first forever.
+_session: dict = {"users": 0, "lock": None, "fleet": None}
+
+
+def _take_fleet() -> Fleet:
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(LOCK_FILE, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when this session's fleet tests are done
+        code, lines = status()
+        running = {fields[0] for fields in lines if len(fields) > 4 and fields[4] in ("running", "degraded")}
+        wanted = {f"fleet{i}" for i in range(1, DEFAULT_SIZE + 1)}
+        reuse = code == 0 and wanted <= running and INVENTORY.exists()
+        if not reuse:
+            result = run_script("up", str(DEFAULT_SIZE))
+            if result.returncode != 0:
+                raise RuntimeError(f"fleet.sh up {DEFAULT_SIZE} failed ({result.returncode}):\n{result.stderr}")
+        # Own the fleet only if none of it was running (leftovers of a crash do not count): never stop
+        # hosts someone else started.
+        _session.update(lock=lock, fleet=load(booted=not running))
+    except BaseException:
+        lock.close()
+        raise
+    return _session["fleet"]
+
+
 @pytest.fixture(scope="session")
 def fleet():
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(LOCK_FILE, "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)   # released when this session's fleet tests are done
-    code, lines = status()
-    running = {fields[0] for fields in lines if len(fields) > 4 and fields[4] in ("running", "degraded")}
-    wanted = {f"fleet{i}" for i in range(1, DEFAULT_SIZE + 1)}
-    reuse = code == 0 and wanted <= running and INVENTORY.exists()
-    if not reuse:
-        result = run_script("up", str(DEFAULT_SIZE))
-        if result.returncode != 0:
-            raise RuntimeError(f"fleet.sh up {DEFAULT_SIZE} failed ({result.returncode}):\n{result.stderr}")
-    # Own the fleet only if none of it was running (leftovers of a crash do not count): never stop
-    # hosts someone else started.
-    booted = not running
-    yield load(booted=booted)
-    if booted and os.environ.get("MDP_FLEET_KEEP") != "1":
-        result = run_script("down", timeout=600)
-        assert result.returncode == 0, f"fleet.sh down failed:\n{result.stderr}"
-    lock.close()
+    current = _session["fleet"] if _session["users"] else _take_fleet()
+    _session["users"] += 1
+    yield current
+    _session["users"] -= 1
+    if _session["users"]:
+        return
+    lock, _session["lock"], _session["fleet"] = _session["lock"], None, None
+    try:
+        if current.booted and os.environ.get("MDP_FLEET_KEEP") != "1":
+            result = run_script("down", timeout=600)
+            assert result.returncode == 0, f"fleet.sh down failed:\n{result.stderr}"
+    finally:
+        lock.close()

@@ -235,13 +235,15 @@ def test_up_and_down_recover_from_a_crash_and_touch_no_other_fleet(scratch):
     ids=["MDP_FLEET=0", "not-root"],
 )
 def test_fleet_tests_skip_with_their_reason(prefix, env, reason):
-    result = subprocess.run(
-        [*prefix, sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__, "-k", "ssh_as"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        env={**os.environ, **env},
-    )
+    """Outside CI a fleet test skips, naming why; under CI=true the same skip fails (tests/conftest.py)."""
+    outside_ci = {k: v for k, v in os.environ.items() if k != "CI"}
+    argv = [*prefix, sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__, "-k", "ssh_as"]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120, cwd="/",
+                            env={**outside_ci, **env})
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout and reason in result.stdout, result.stdout + result.stderr
+
+    in_ci = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120, cwd="/",
+                           env={**outside_ci, **env, "CI": "true"})
+    assert in_ci.returncode != 0, in_ci.stdout + in_ci.stderr
+    assert "1 error" in in_ci.stdout and "skipped under CI=true" in in_ci.stdout and reason in in_ci.stdout

@@ -38,15 +38,51 @@ def test_json_maps_each_ip_to_its_reply_and_exits_0_when_all_succeed(spawn_agent
 
 
 def test_table_shows_each_machine_and_operation(spawn_agent, known_machines, port):
+    """A failed machine's block goes to stderr, the summary to stdout (the convention --help states)."""
     spawn_agent("127.0.0.2")
     out = send(known_machines, port, "127.0.0.2", "system.ping", "no.such_operation")
     assert out.returncode == 1
-    lines = out.stdout.splitlines()
+    lines = out.stderr.splitlines()
     assert lines[0].split() == ["127.0.0.2", "FAILED"]
     assert re.match(r"\s+system\.ping\s+\{\"reply\":\"pong\"", lines[1])
     assert re.match(r"\s+no\.such_operation\s+ERROR unknown_operation: no operation named no\.such_operation",
                     lines[2])
-    assert lines[-1] == "1 machine(s): 0 ok, 1 failed"
+    assert out.stdout.splitlines() == ["1 machine(s): 0 ok, 1 failed"]
+
+
+def test_ok_lines_go_to_stdout_and_failure_lines_to_stderr(spawn_agent, known_machines, port):
+    spawn_agent("127.0.0.2")
+    KeyStore(known_machines).put("127.0.0.3", protocol.generate_key_text())   # nobody answers there
+    out = send(known_machines, port, "127.0.0.2,127.0.0.3", "system.ping", timeout=1)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[0].split() == ["127.0.0.2", "OK"]
+    assert "127.0.0.3" not in out.stdout and "FAILED" not in out.stdout
+    assert out.stdout.splitlines()[-1] == "2 machine(s): 1 ok, 1 failed"
+    assert out.stderr.startswith("127.0.0.3  FAILED  ") and "timeout" in out.stderr, out.stderr
+    assert "127.0.0.2" not in out.stderr
+    assert "failures" in run_mdp("send", "--help").stdout.replace("\n", " ")
+
+
+def test_version_names_the_package_and_protocol():
+    from mdp_agent import __version__
+
+    out = run_mdp("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"mdp {__version__} (protocol {protocol.PROTOCOL_VERSION})"
+
+
+@pytest.mark.parametrize("operation", ["no such", "a.b.c", "x" * 65, "1ping", "", '{"name": "ping; rm"}',
+                                       '{"name": "%s"}' % ("y" * 65)])
+def test_impossible_operation_names_are_refused_before_anything_is_sent(spawn_agent, known_machines, port,
+                                                                         operation):
+    agent = spawn_agent("127.0.0.2")
+    before = agent.stats()["received"]
+    out = send(known_machines, port, "127.0.0.2", "ping", operation)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("mdp: bad OPERATION ") and "mdp ops" in out.stderr, out.stderr
+    assert out.stdout == ""
+    # Only the second agent.stats request itself arrived in between: `mdp send` sent nothing.
+    assert agent.stats()["received"] == before + 1
 
 
 def test_unknown_operation_is_an_item_error_and_the_others_still_run(spawn_agent, known_machines, port):

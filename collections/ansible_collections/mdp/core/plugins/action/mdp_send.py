@@ -9,7 +9,13 @@ library (mdp_controller.client.send_sync): sign, send, retry, verify the reply.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import json
 import os
+import tempfile
+import time
+from stat import S_IMODE as stat_mode
 
 from ansible import constants as C
 from ansible.errors import AnsibleActionFail
@@ -34,6 +40,10 @@ ARGUMENT_SPEC = {
     "timeout": {"type": "float", "default": 15.0},
     "known_machines": {"type": "path"},
 }
+
+
+# cluster_info fields that change the host: joining (the seed's cluster_mode) and leaving.
+CLUSTER_CHANGES = ("cluster_mode", "cluster_leave")
 
 
 def default_known_machines():
@@ -82,17 +92,51 @@ def describe_failure(reply):
     return "failed on the agent: " + "; ".join(causes) if causes else "agent answered status false"
 
 
-def with_identities(cluster_info, known_machines, port, timeout):
-    """The seed's cluster_info plus cluster_devices: each listed machine's Syncthing identity, asked
-    for by the controller (docs/cluster.md). Machines that do not answer are left out; the agents
-    report them under missing_identities."""
-    machines = cluster_info.get("cluster_machines")
-    if not isinstance(machines, list):
-        return cluster_info   # the agent refuses it with the precise reason
-    found = asyncio.run(mdp_cluster.identities(send_many, [str(m) for m in machines],
-                                               known_machines=known_machines, port=port, timeout=timeout))
-    devices = {ip: v["device_id"] for ip, v in found.items() if "device_id" in v}
-    return dict(cluster_info, cluster_devices=devices)
+# An activation outcome outlives its run by this much, then the next activation removes it.
+OUTCOME_KEPT_S = 86400
+
+
+def ansible_run_id():
+    """The ansible process this task's worker was forked from (pid and start time, so a reused pid
+    is another run): every host's task of one run shares it."""
+    parent = os.getppid()
+    try:
+        with open("/proc/%d/stat" % parent) as stat:
+            started = stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "unknown"
+    return "%d-%s" % (parent, started)
+
+
+def activate_once(task_id, cluster_info, known_machines, port, timeout):
+    """The library's activation (mdp_controller.cluster.activate_message: identities once, then the
+    cluster_info to every machine), done by the first host's task of this run; the other hosts' tasks
+    wait for it and read its outcome. So N hosts cost 2N requests, not N identity rounds of N each.
+    The outcome is kept in a 0700 directory of this user, named by run, task and arguments."""
+    directory = os.path.join(tempfile.gettempdir(), "mdp-cluster-activation-%d" % os.getuid())
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    info = os.lstat(directory)
+    if info.st_uid != os.getuid() or stat_mode(info.st_mode) != 0o700 or not os.path.isdir(directory):
+        raise AnsibleActionFail("%s must be a directory of this user with mode 0700" % directory)
+    for name in os.listdir(directory):   # outcomes of runs long over
+        try:
+            if os.lstat(os.path.join(directory, name)).st_mtime < time.time() - OUTCOME_KEPT_S:
+                os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:   # another host's task removed it first
+            pass
+    key = json.dumps([ansible_run_id(), task_id, cluster_info, known_machines, port], sort_keys=True)
+    path = os.path.join(directory, hashlib.sha256(key.encode()).hexdigest() + ".json")
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # the other hosts' tasks wait here for the first
+        if os.path.exists(path):
+            with open(path) as saved:
+                return json.load(saved)
+        outcome = asyncio.run(mdp_cluster.activate_message(send_many, cluster_info, known_machines=known_machines,
+                                                           port=port, timeout=timeout))
+        with open(path + ".tmp", "w") as saved:
+            json.dump(outcome, saved)
+        os.replace(path + ".tmp", path)
+    return outcome
 
 
 class ActionModule(ActionBase):
@@ -106,12 +150,19 @@ class ActionModule(ActionBase):
             result.update(self._send(task_vars or {}))
         except AnsibleActionFail as exc:  # a failed result with its cause, not a traceback
             result.update(exc.result)
+            # Said here, not left to exc.result: on newer ansible-core (2.21 here) that dict no longer
+            # carries failed/msg (the exception adds them only when it propagates), so a failure passed.
+            result.update(failed=True, msg=to_text(exc.message))
             result.pop("exception", None)  # the cause is in msg; a traceback would only hide it
         return result
 
     def _send(self, task_vars):
         result = {}
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        if not 1 <= args["port"] <= 65535:
+            raise AnsibleActionFail("port must be 1-65535, not %d" % args["port"])
+        if not args["timeout"] > 0:
+            raise AnsibleActionFail("timeout must be more than 0 seconds, not %g" % args["timeout"])
 
         if IMPORT_ERROR is not None:
             raise AnsibleActionFail(
@@ -122,8 +173,10 @@ class ActionModule(ActionBase):
         cluster_info = args["cluster_info"]
         operations = parse_operations(args["operations"], cluster_info)
         if self._task.check_mode:
-            if cluster_info and cluster_info.get("cluster_mode"):
-                result.update(skipped=True, msg="check mode: not sending cluster_info with cluster_mode (it changes the host)")
+            changes_cluster = [k for k in CLUSTER_CHANGES if (cluster_info or {}).get(k)]
+            if changes_cluster:
+                result.update(skipped=True, msg="check mode: not sending cluster_info with %s (it changes the host)"
+                              % " and ".join(changes_cluster))
                 return result
             changing = mutating_operations(operations)
             if changing:
@@ -135,8 +188,9 @@ class ActionModule(ActionBase):
         known_machines = args["known_machines"] or default_known_machines()
         where = "%s:%d" % (target, args["port"])
         try:
-            if cluster_info and cluster_info.get("cluster_mode") and "cluster_devices" not in cluster_info:
-                cluster_info = with_identities(cluster_info, known_machines, args["port"], args["timeout"])
+            if (cluster_info and cluster_info.get("cluster_mode") and "cluster_devices" not in cluster_info
+                    and isinstance(cluster_info.get("cluster_machines"), list)):
+                return self._activate(target, where, operations, cluster_info, known_machines, args)
             replies = send_sync(
                 [target],
                 operations,
@@ -154,6 +208,29 @@ class ActionModule(ActionBase):
         if not reply.get("status"):
             raise AnsibleActionFail("mdp_send to %s: %s" % (where, describe_failure(reply)))
 
+        return self._answer(reply)
+
+    def _activate(self, target, where, operations, cluster_info, known_machines, args):
+        """The seed's message without identities: the cluster is activated once for every host's task."""
+        if operations:
+            raise AnsibleActionFail("cluster_info with cluster_mode activates the cluster by itself: "
+                                    "send operations in a task of their own")
+        outcome = activate_once(self._task._uuid, cluster_info, known_machines, args["port"], args["timeout"])
+        machine = outcome["machines"].get(target)
+        if machine is None:   # a host outside cluster_machines: the agent says what it makes of that
+            reply = send_sync([target], [], dict(cluster_info, cluster_devices=outcome["devices"]),
+                              known_machines=known_machines, port=args["port"], timeout=args["timeout"])[target]
+            if not reply.get("status"):
+                raise AnsibleActionFail("mdp_send to %s: %s" % (where, describe_failure(reply)))
+            return self._answer(reply)
+        if not machine["ok"]:
+            raise AnsibleActionFail("mdp_send to %s: %s" % (where, machine["error"]))
+        return self._answer({"status": True, "cluster_info": machine["cluster_info"]})
+
+    @staticmethod
+    def _answer(reply):
+        """The task result of a reply with status true."""
+        result = {}
         answered_cluster = reply.get("cluster_info") or {}
         result.update(
             # Operations only read; a cluster_info reply says itself whether it changed the host.

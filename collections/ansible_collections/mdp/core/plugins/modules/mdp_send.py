@@ -35,17 +35,20 @@ options:
     description:
       - Cluster settings passed to the agent as they are (see the cluster documentation), for example the
         seed's message with C(cluster_machines) and C(cluster_mode) (a list of C(name=sync_folders) and C(folder)).
-      - When it has C(cluster_mode) but no C(cluster_devices), the controller first asks every machine of
-        C(cluster_machines) for its Syncthing identity (C(cluster.identity)) and adds C(cluster_devices)
-        beside the seed's fields, so the seed's message works as written.
-      - In check mode a O(cluster_info) with C(cluster_mode) is not sent and the task is skipped.
+      - When it has C(cluster_mode) but no C(cluster_devices), the cluster is activated as the controller
+        library does it (C(mdp cluster activate)), once for all the hosts of the task in this run; every
+        machine of C(cluster_machines) is asked for its Syncthing identity (C(cluster.identity)), then sent
+        the seed's fields plus C(cluster_devices), so the seed's message works as written. Each host's
+        result is its own machine's answer. O(operations) must then be empty.
+      - In check mode a O(cluster_info) with C(cluster_mode) or C(cluster_leave) is not sent and the task
+        is skipped.
     type: dict
   port:
-    description: UDP port the agent listens on.
+    description: UDP port the agent listens on, 1-65535.
     type: int
     default: 12345
   timeout:
-    description: Seconds to wait for a verified reply, retries included.
+    description: Seconds to wait for a verified reply, retries included; more than 0.
     type: float
     default: 15.0
   known_machines:
@@ -58,7 +61,8 @@ attributes:
     support: full
     description:
       - Operations that only read run in check mode. Operations the agent's registry marks as
-        mutating, and a O(cluster_info) with C(cluster_mode), are not sent; the task is skipped.
+        mutating, and a O(cluster_info) with C(cluster_mode) or C(cluster_leave), are not sent;
+        the task is skipped.
   diff_mode:
     support: none
     description: Nothing on the host is compared or changed.
