@@ -12,13 +12,21 @@ log=$(mktemp /tmp/mdp-collection-checks.XXXXXX.log)
 start=$SECONDS
 make --no-print-directory test-collection >"$log" 2>&1 &
 collection=$!
-.venv/bin/pytest -q tests "$@"
-tests_status=$?
+pytest_log=$(mktemp /tmp/mdp-pytest.XXXXXX.log)
+.venv/bin/pytest -q tests "$@" 2>&1 | tee "$pytest_log"
+tests_status=${PIPESTATUS[0]}
 wait "$collection"
 collection_status=$?
 echo
 echo "== collection checks on every ansible-core line: exit $collection_status (log $log; last lines below)"
 grep -E "^== |passed|failed|ERROR|FAILED" "$log" | tail -n 40
 echo "== suite: pytest exit $tests_status, collection checks exit $collection_status, $((SECONDS - start)) s"
+# The closing line CI reads: pytest's counts (errors count as failures), last.
+summary=$(grep -E "^=*\s*[0-9]+ (passed|failed)" "$pytest_log" | tail -n 1)
+passed=$(grep -oE "[0-9]+ passed" <<<"$summary" | grep -oE "[0-9]+" || echo 0)
+failed=$(( $(grep -oE "[0-9]+ failed" <<<"$summary" | grep -oE "[0-9]+" || echo 0) \
+         + $(grep -oE "[0-9]+ error" <<<"$summary" | grep -oE "[0-9]+" || echo 0) ))
+skipped=$(grep -oE "[0-9]+ skipped" <<<"$summary" | grep -oE "[0-9]+" || echo 0)
+echo "${passed:-0} passed, ${failed} failed, ${skipped:-0} skipped"
 if [ "$tests_status" -ne 0 ]; then exit "$tests_status"; fi
 exit "$collection_status"
