@@ -48,7 +48,7 @@ def signed(data, direction):
     msg_id = head[6:12] + b"id"
     header = p.HEADER.pack(p.MAGIC, p.PROTOCOL_VERSION, kind, flags, 0, index % 8, count % 9, msg_id, NOW_MS)
     body = data[12:]
-    return header + body + p._mac(KEYS.for_direction(direction), header + body)
+    return p.seal_datagram(KEYS.for_direction(direction), header, body)
 
 
 def feed(endpoint, datagram, addr, now):
