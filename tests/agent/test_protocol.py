@@ -910,3 +910,29 @@ def test_messages_reusing_a_msg_id_never_share_a_millisecond():
     assert p.open_datagram(later, KEYS, p.TO_AGENT).timestamp_ms == NOW_MS + 50   # the clock moved on
     ep.tick(NOW_MS, 10 * p.OUTBOX_TTL_S)
     assert len(ep.stamps) == 0   # forgotten with the outbox's horizon
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), kind=st.sampled_from([p.REQUEST, p.RESEND, p.ACK]),
+       payload=st.binary(max_size=3000), msg_id=st.binary(min_size=8, max_size=8),
+       timestamp_ms=st.integers(0, 2 ** 64 - 1), max_datagram=st.integers(p.MIN_DATAGRAM, 1500),
+       compress=st.booleans())
+def test_both_aes_gcm_implementations_make_identical_datagrams(key, kind, payload, msg_id, timestamp_ms,
+                                                               max_datagram, compress):
+    """The agent's libcrypto (ctypes) and the controller's `cryptography` seal byte for byte alike,
+    and each opens what the other sealed."""
+    from mdp_agent import aead
+    try:
+        controller_side = aead.cryptography()
+    except aead.AeadUnavailable:
+        pytest.skip("cryptography is not installed")
+    agent_keys, controller_keys = p.KeyPair(key, aead.libcrypto()), p.KeyPair(key, controller_side)
+    made = [p.encode_message(kind, payload, keys.to_agent, msg_id, timestamp_ms, max_datagram, compress)
+            for keys in (agent_keys, controller_keys)]
+    assert made[0] == made[1]
+    for datagram in made[0]:
+        assert p.open_datagram(datagram, controller_keys, p.TO_AGENT) == p.open_datagram(datagram, agent_keys,
+                                                                                            p.TO_AGENT)
+    hello = p.encode_message(p.HELLO, payload[:500], agent_keys.to_controller, msg_id, timestamp_ms, 1200, False)
+    assert hello == p.encode_message(p.HELLO, payload[:500], controller_keys.to_controller, msg_id, timestamp_ms,
+                                     1200, False)
