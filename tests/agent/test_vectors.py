@@ -148,13 +148,12 @@ def _worked_example():
         text = handle.read()
     section = text.split("\n## Worked example\n", 1)[1].split("\n## ", 1)[0]
     block = section.split("```\n", 2)[1]
-    values = {}
+    values, name = {}, None
     for line in block.splitlines():
         match = re.match(r"^(\w+)?\s+([0-9a-f ]+?)\s*(?:\s\s\S.*)?$", line)
         if match:
-            name = match.group(1) or last
+            name = match.group(1) or name   # an unnamed line continues the one above
             values[name] = values.get(name, b"") + _unhex(match.group(2).replace(" ", ""))
-            last = name
     return section, values
 
 
