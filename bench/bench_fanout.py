@@ -39,7 +39,7 @@ TARGET_S = 2.0             # 10,000 answered in under 2 s
 
 def _serve(agents: list[tuple[str, str]], state_dir: str, ready, nofile: int):
     """Worker process: one Loop, one WorkerPool, one Agent per (ip, key_text); serve until SIGTERM."""
-    from mdp_agent import config, protocol
+    from mdp_agent import aead, config, protocol
     from mdp_agent.loop import Loop
     from mdp_agent.registry import load_default_registry
     from mdp_agent.server import Agent, WorkerPool
@@ -52,7 +52,8 @@ def _serve(agents: list[tuple[str, str]], state_dir: str, ready, nofile: int):
     for ip, key_text in agents:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((ip, C.AGENT_PORT))
-        agent = Agent(loop, settings, protocol.KeyPair.from_text(key_text),
+        # The agent's AES-GCM (host libcrypto), as `python -m mdp_agent` uses, whatever this process imported.
+        agent = Agent(loop, settings, protocol.KeyPair.from_text(key_text, aead.libcrypto()),
                       load_default_registry(settings["allow"]), pool, state_dir=state_dir)
         agent.start(sock)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())

@@ -5,7 +5,7 @@ import logging
 import signal
 import sys
 
-from . import __version__, config, keyfile, protocol
+from . import __version__, aead, config, keyfile, protocol
 from .loop import Loop
 from .registry import load_default_registry
 from .server import Agent, WorkerPool
@@ -54,6 +54,14 @@ def main(argv=None):
         return 2
     logging.basicConfig(stream=sys.stderr, level=settings["log_level"].upper(),
                         format="%(levelname)s %(name)s: %(message)s")
+    try:
+        # Every datagram is sealed with AES-256-GCM from the host's libcrypto: without it, no start
+        # (there is no clear-text fall-back).
+        protocol.use_aead(aead.libcrypto())
+    except aead.AeadUnavailable as exc:
+        sys.stderr.write("mdp-agent: cannot start: %s\n" % exc)
+        return 1
+    log.info("AES-256-GCM: %s", protocol.default_aead().description)
     try:
         keys, key_path, created = keyfile.load_or_create_key(settings["state_dir"])
     except (OSError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""The MDP wire protocol, version 1: the one implementation, sans-I/O (bytes in, objects out).
+"""The MDP wire protocol, version 2: the one implementation, sans-I/O (bytes in, objects out).
 
 The agent, the controller library, the collector and the Ansible plugin all use this module; nothing
 here opens a socket or reads a clock it was not handed. docs/protocol.md explains every field and
@@ -6,14 +6,19 @@ limit, and tests/vectors/ holds exact bytes that another implementation can chec
 
 A datagram is::
 
-    header (26 bytes) | body | mac (32 bytes)
+    header (26 bytes, clear) | ciphertext (len(body)) | tag (16 bytes)
 
     header = "MD" | version u8 | kind u8 | flags u8 | reserved u8 (0)
              | chunk_index u16 | chunk_count u16 | msg_id 8 bytes | timestamp_ms u64   (network order)
-    mac    = HMAC-SHA256(direction_key, header | body)
+    ciphertext | tag = AES-256-GCM(message_key, nonce = 10 zero bytes | chunk_index u16,
+                                   plaintext = body, associated data = header)
+    message_key = HKDF-Expand(direction_key, "MDP/2 message" | kind | msg_id | timestamp_ms, 32)
 
 A message (a JSON object, optionally zlib-compressed) is cut into chunk_count bodies; every chunk is
-signed on its own, so a forged or damaged chunk is dropped before reassembly.
+sealed on its own, so a forged or damaged chunk is dropped before reassembly. The one exception is
+the HELLO (enrolment by trust on first use): its body stays clear, because the receiver has no key
+yet; its tag authenticates header and body (GMAC, empty plaintext). docs/protocol.md has the argument
+why no nonce repeats under one key.
 
 Must run on Python 3.4, standard library only (the agent imports it).
 """
@@ -29,10 +34,16 @@ import zlib
 from collections import OrderedDict, namedtuple
 from itertools import islice
 
+from . import aead as _aead
 from .errors import MDPError
+from .hkdf import HkdfExpander, hkdf_expand, hkdf_extract
 
-PROTOCOL_VERSION = 1            # header byte; a new major version changes the layout after byte 3
-VERSION_STRING = "1.0"          # the payload's "version" field: "major.minor"
+PROTOCOL_VERSION = 2            # header byte; a new major version changes the layout after byte 3
+VERSION_STRING = "2.0"          # the payload's "version" field: "major.minor"
+# MDP/1 (HMAC-SHA256, clear bodies): no longer spoken, only recognised, so that a peer holding the
+# key but speaking 1 gets a clear unsupported_version answer it can read (in MDP/1's own format).
+LEGACY_VERSION = 1
+LEGACY_MAC_SIZE = 32
 MAGIC = b"MD"
 
 # Message kinds. Which side may send which kind is fixed; a receiver drops any other.
@@ -46,8 +57,8 @@ CHALLENGE = 7  # agent -> controller: {"token", "count"}: "your reply is ready; 
 KIND_NAMES = {REQUEST: "request", REPLY: "reply", REPORT: "report", HELLO: "hello", RESEND: "resend", ACK: "ack",
               CHALLENGE: "challenge"}
 
-# Directions. Each direction signs with its own key derived from the machine key, so a datagram
-# signed for one direction never verifies for the other, whatever its kind byte says.
+# Directions. Each direction seals with its own key derived from the machine key, so a datagram
+# sealed for one direction never opens for the other, whatever its kind byte says.
 TO_AGENT = b"to-agent"
 TO_CONTROLLER = b"to-controller"
 KINDS_BY_DIRECTION = {TO_AGENT: (REQUEST, RESEND, ACK), TO_CONTROLLER: (REPLY, REPORT, HELLO, RESEND, CHALLENGE)}
@@ -56,8 +67,12 @@ FLAG_ZLIB = 0x01                # the message bytes (all chunks joined) are a zl
 
 HEADER = struct.Struct("!2sBBBBHH8sQ")
 HEADER_SIZE = HEADER.size       # 26
-MAC_SIZE = 32                   # HMAC-SHA256, never truncated
-OVERHEAD = HEADER_SIZE + MAC_SIZE
+TAG_SIZE = _aead.TAG_SIZE       # AES-GCM's full 16-byte tag, never truncated
+OVERHEAD = HEADER_SIZE + TAG_SIZE   # 42
+NONCE = struct.Struct("!10xH")  # 10 zero bytes | chunk_index: unique within a message, whose key is its own
+MESSAGE_INFO = struct.Struct("!B8sQ")   # kind | msg_id | timestamp_ms, after the "MDP/2 message" label
+KEY_SCHEDULE_SALT = b"MDP/2 key schedule"
+MESSAGE_LABEL = b"MDP/2 message"
 KEY_SIZE = 32                   # 256-bit machine key
 
 # --- Limits. Each one bounds what a stranger (or a broken peer) can make us do. -----------------
@@ -158,38 +173,106 @@ def parse_key_text(text):
         raise ValueError("key is not hexadecimal")
 
 
+# --- AES-256-GCM: which implementation this process uses ------------------------------------------
+
+_AEAD = []   # the one implementation of this process, chosen by use_aead()
+
+
+def use_aead(implementation):
+    """Choose this process's AES-256-GCM, once, at start-up: the agent's __main__ passes
+    aead.libcrypto(), the controller package aead.cryptography(). Every KeyPair made afterwards
+    without an explicit one uses it."""
+    _AEAD[:] = [implementation]
+
+
+def default_aead():
+    """The implementation use_aead() chose; if none was chosen, the agent's (host libcrypto).
+    AeadUnavailable if it cannot be loaded: there is no clear-text fall-back."""
+    if not _AEAD:
+        _AEAD.append(_aead.libcrypto())
+    return _AEAD[0]
+
+
 def direction_key(key, direction):
-    """The per-direction MAC key: HMAC-SHA256(machine key, "MDP/1 " + direction)."""
-    return hmac.new(key, b"MDP/1 " + direction, hashlib.sha256).digest()
+    """The per-direction key: HKDF-Expand(HKDF-Extract("MDP/2 key schedule", machine key), "MDP/2 " + direction)."""
+    return hkdf_expand(hkdf_extract(KEY_SCHEDULE_SALT, key), b"MDP/2 " + direction, KEY_SIZE)
+
+
+class DirectionKey(object):
+    """One direction's key, its HKDF expander (keyed once) and the AES-GCM that seals with it."""
+
+    __slots__ = ("key", "aead", "_expander")
+
+    def __init__(self, key, aead):
+        self.key = key
+        self.aead = aead
+        self._expander = HkdfExpander(key)
+
+    def message_key(self, kind, msg_id, timestamp_ms):
+        """The key of one message: no two messages share it unless they share kind, msg_id and ms."""
+        return self._expander.expand(MESSAGE_LABEL + MESSAGE_INFO.pack(kind, msg_id, timestamp_ms))
 
 
 class KeyPair(object):
-    """A machine key with both direction keys derived once (derivation costs two HMACs)."""
+    """A machine key with both direction keys derived once, and the AES-GCM to use them with."""
 
     __slots__ = ("key", "to_agent", "to_controller")
 
-    def __init__(self, key):
+    def __init__(self, key, aead=None):
         if len(key) != KEY_SIZE:
             raise ValueError("machine key must be %d bytes" % KEY_SIZE)
+        aead = aead or default_aead()
         self.key = key
-        self.to_agent = direction_key(key, TO_AGENT)
-        self.to_controller = direction_key(key, TO_CONTROLLER)
+        self.to_agent = DirectionKey(direction_key(key, TO_AGENT), aead)
+        self.to_controller = DirectionKey(direction_key(key, TO_CONTROLLER), aead)
 
     def for_direction(self, direction):
         return self.to_agent if direction == TO_AGENT else self.to_controller
 
     @classmethod
-    def from_text(cls, text):
-        return cls(parse_key_text(text))
+    def from_text(cls, text, aead=None):
+        return cls(parse_key_text(text), aead)
 
 
-_hmac_digest = getattr(hmac, "digest", None)  # Python 3.7+: one C call; 3.4-3.6 fall back below
+def _seal(seal, message_key, kind, index, head, body):
+    """One datagram from its header and chunk body: the only place anything is sealed."""
+    if kind == HELLO:   # clear body (the monitor has no key yet), authenticated with the header: GMAC
+        return head + body + seal(message_key, NONCE.pack(index), b"", head + body)
+    return head + seal(message_key, NONCE.pack(index), body, head)
 
 
-def _mac(dkey, data):
-    if _hmac_digest is not None:
-        return _hmac_digest(dkey, data, "sha256")
-    return hmac.new(dkey, data, hashlib.sha256).digest()
+def seal_datagram(dkey, head, body):
+    """A datagram with any header, even a wrong one (tests, the fuzzer): sealed as encode_message would."""
+    kind, index, _, msg_id, timestamp_ms = _KEY_FIELDS.unpack_from(head, 3)
+    return _seal(dkey.aead.seal, dkey.message_key(kind, msg_id, timestamp_ms), kind, index, head, body)
+
+
+_KEY_FIELDS = struct.Struct("!B2xHH8sQ")   # kind, chunk_index, chunk_count, msg_id, timestamp_ms from byte 3
+
+
+# --- MDP/1, recognised only to refuse it readably ------------------------------------------------
+
+def legacy_direction_key(key, direction):
+    """MDP/1's per-direction HMAC key: HMAC-SHA256(machine key, "MDP/1 " + direction)."""
+    return hmac.new(key, b"MDP/1 " + direction, hashlib.sha256).digest()
+
+
+def _legacy_mac(key, direction, data):
+    return hmac.new(legacy_direction_key(key, direction), data, hashlib.sha256).digest()
+
+
+def legacy_verifies(datagram, keys, direction):
+    """Whether datagram is an MDP/1 datagram signed with this machine key for direction."""
+    if len(datagram) < HEADER_SIZE + LEGACY_MAC_SIZE:
+        return False
+    signed, mac = datagram[:-LEGACY_MAC_SIZE], datagram[-LEGACY_MAC_SIZE:]
+    return hmac.compare_digest(_legacy_mac(keys.key, direction, signed), mac)
+
+
+def encode_legacy(kind, payload, keys, direction, msg_id, timestamp_ms):
+    """One MDP/1 datagram (clear body, HMAC): only for the unsupported_version answer to an MDP/1 peer."""
+    head = HEADER.pack(MAGIC, LEGACY_VERSION, kind, 0, 0, 0, 1, msg_id, timestamp_ms)
+    return head + payload + _legacy_mac(keys.key, direction, head + payload)
 
 
 # --- Messages <-> bytes -------------------------------------------------------------------------
@@ -223,7 +306,9 @@ def hexlify(data):
 
 def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAULT_MAX_DATAGRAM,
                    compress=True):
-    """Sign `payload` (bytes) as one message and cut it into datagrams. Returns a list of bytes.
+    """Seal `payload` (bytes) as one message, cut into datagrams. Returns a list of bytes.
+
+    `dkey` is a DirectionKey (KeyPair.for_direction); the message key is derived once per message.
 
     Compresses with zlib when that makes the message smaller; chunks when it still does not fit.
     """
@@ -241,16 +326,18 @@ def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAU
     room = max_datagram - OVERHEAD
     count = max(1, (len(payload) + room - 1) // room)
     datagrams = []
+    message_key = dkey.message_key(kind, msg_id, timestamp_ms)
+    seal = dkey.aead.seal
     for index in range(count):
         body = payload[index * room:(index + 1) * room]
         head = HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, flags, 0, index, count, msg_id, timestamp_ms)
-        datagrams.append(head + body + _mac(dkey, head + body))
+        datagrams.append(_seal(seal, message_key, kind, index, head, body))
     return datagrams
 
 
 def encode(kind, obj, keys, direction, msg_id=None, timestamp_ms=0, max_datagram=DEFAULT_MAX_DATAGRAM,
            compress=True):
-    """Encode a JSON-able object as signed datagrams. Returns (msg_id, [datagram, ...])."""
+    """Encode a JSON-able object as sealed datagrams. Returns (msg_id, [datagram, ...])."""
     if kind not in KINDS_BY_DIRECTION[direction]:
         raise ValueError("a %s may not be sent %s" % (KIND_NAMES.get(kind, kind), direction.decode()))
     msg_id = msg_id or new_msg_id()
@@ -274,28 +361,41 @@ def peek_msg_id(datagram):
 
 
 def open_datagram(datagram, keys, direction):
-    """Verify one datagram and return its Packet. Raises ProtocolError; nothing is parsed before the MAC.
+    """Open (authenticate and decrypt) one datagram and return its Packet. Raises ProtocolError;
+    nothing but the header fields the message key needs is read before the tag is checked.
 
-    Every version keeps the magic first and the MAC last, so the MAC is checked before the version:
-    an unknown version from a peer holding the key gets a clear answer, a stranger gets nothing.
+    The tag is checked before the version: an unknown version from a peer holding the key gets a
+    clear answer, a stranger gets nothing. An MDP/1 datagram is checked with MDP/1's HMAC for the
+    same reason (the error then has legacy=True: answer it in MDP/1's format, encode_legacy).
     """
     if len(datagram) < OVERHEAD:
         raise ProtocolError("truncated", "datagram of %d bytes is shorter than the %d-byte minimum"
                             % (len(datagram), OVERHEAD))
     if datagram[:2] != MAGIC:
         raise ProtocolError("bad_magic", "not an MDP datagram")
-    signed, mac = datagram[:-MAC_SIZE], datagram[-MAC_SIZE:]
-    if not hmac.compare_digest(_mac(keys.for_direction(direction), signed), mac):
-        raise ProtocolError("bad_signature", "signature does not verify with this machine's key")
-    _, version, kind, flags, _, index, count, msg_id, timestamp_ms = HEADER.unpack_from(signed)
+    _, version, kind, flags, _, index, count, msg_id, timestamp_ms = HEADER.unpack_from(datagram)
+    if version == LEGACY_VERSION:
+        if not legacy_verifies(datagram, keys, direction):
+            raise ProtocolError("bad_signature", "signature does not verify with this machine's key")
+        error = _version_error(version)
+        error.legacy = True
+        raise error
+    dkey = keys.for_direction(direction)
+    message_key = dkey.message_key(kind, msg_id, timestamp_ms)
+    try:
+        if kind == HELLO:
+            body = datagram[HEADER_SIZE:-TAG_SIZE]
+            dkey.aead.open(message_key, NONCE.pack(index), datagram[-TAG_SIZE:], datagram[:-TAG_SIZE])
+        else:
+            body = dkey.aead.open(message_key, NONCE.pack(index), datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
+    except _aead.InvalidTag:
+        raise ProtocolError("bad_signature", "AES-GCM tag does not verify with this machine's key")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("unsupported_version", "protocol version %d is not supported; this side speaks %d"
-                            % (version, PROTOCOL_VERSION), supported=[PROTOCOL_VERSION])
+        raise _version_error(version)
     if kind not in KINDS_BY_DIRECTION[direction]:
         raise ProtocolError("bad_kind", "message kind %d is not valid %s" % (kind, direction.decode()))
     if count == 0 or index >= count or flags & ~FLAG_ZLIB:
         raise ProtocolError("bad_header", "chunk %d of %d, flags %#x" % (index, count, flags))
-    body = signed[HEADER_SIZE:]
     if count > 1 and (count > MAX_USEFUL_CHUNKS or (index < count - 1 and (
             len(body) < MIN_DATAGRAM - OVERHEAD or count > MAX_MESSAGE_BYTES // len(body) + 1))):
         # Every chunk but the last is full (at least the smallest datagram's room), so its size says
@@ -303,6 +403,11 @@ def open_datagram(datagram, keys, direction):
         raise ProtocolError("bad_header", "%d chunks of %d bytes exceed what a %d-byte message needs"
                             % (count, len(body), MAX_MESSAGE_BYTES))
     return Packet(kind, flags, index, count, msg_id, timestamp_ms, body)
+
+
+def _version_error(version):
+    return ProtocolError("unsupported_version", "protocol version %d is not supported; this side speaks %d"
+                         % (version, PROTOCOL_VERSION), supported=[PROTOCOL_VERSION])
 
 
 def decode_text(flags, data):
@@ -342,7 +447,7 @@ def decode_body(flags, data):
 
 
 def check_payload_version(obj):
-    """Refuse a payload whose "version" has another major number (a missing version means 1)."""
+    """Refuse a payload whose "version" has another major number (a missing version means ours)."""
     version = obj.get("version", VERSION_STRING)
     major = str(version).split(".", 1)[0]
     if major != str(PROTOCOL_VERSION):
@@ -651,6 +756,44 @@ def _outbox_cost(datagrams):
     return OUTBOX_ENTRY_COST + sum(len(d) for d in datagrams)
 
 
+# --- Timestamps of reused msg_ids: the nonce rule ------------------------------------------------
+
+class Stamps(object):
+    """The timestamp_ms last used per (kind, msg_id) for messages whose msg_id is not fresh.
+
+    A message's key is derived from (direction, kind, msg_id, timestamp_ms), and GCM must never seal
+    two different plaintexts under one key and nonce. Replies, RESENDs, ACKs, CHALLENGEs, error
+    replies and retransmitted reports reuse a msg_id, sometimes with other content (two RESENDs with
+    different "missing" lists); stamp() makes two of them in one millisecond get different
+    timestamps: max(now, last + 1). Kept as long as the outbox keeps messages, and bounded.
+    """
+
+    def __init__(self, max_entries=REPLAY_CACHE_ENTRIES, ttl_s=OUTBOX_TTL_S):
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._last = OrderedDict()   # (kind, msg_id) -> (timestamp_ms, now), least recently used first
+
+    def stamp(self, kind, msg_id, wall_ms, now):
+        key = (kind, msg_id)
+        last = self._last.pop(key, None)
+        if last is not None and wall_ms <= last[0]:
+            wall_ms = last[0] + 1
+        self._last[key] = (wall_ms, now)
+        if len(self._last) > self.max_entries:
+            self._last.popitem(last=False)
+        return wall_ms
+
+    def expire(self, now):
+        while self._last:
+            key, (_, at) = next(iter(self._last.items()))
+            if now - at <= self.ttl_s:
+                break
+            del self._last[key]
+
+    def __len__(self):
+        return len(self._last)
+
+
 # --- Amplification: what we may send an address that has not proven it receives ------------------
 
 class _Address(object):
@@ -799,7 +942,7 @@ def same_fingerprint(given, expected):
 # --- HELLO from a stranger ----------------------------------------------------------------------
 
 def open_hello(datagram):
-    """(key_text, KeyPair, hello) if datagram is a single-datagram HELLO signed with the key it carries.
+    """(key_text, KeyPair, hello) if datagram is a single-datagram HELLO sealed with the key it carries.
 
     The one place that parses before verifying: a stranger has no key yet to verify with. It is
     bounded (one small uncompressed datagram, checked with the offered key right after) and proves
@@ -811,7 +954,7 @@ def open_hello(datagram):
     if (version, kind, flags, index, count) != (PROTOCOL_VERSION, HELLO, 0, 0, 1):
         return None
     try:
-        hello = decode_body(0, datagram[HEADER_SIZE:-MAC_SIZE])
+        hello = decode_body(0, datagram[HEADER_SIZE:-TAG_SIZE])
         key_text = hello.get("key")
         keys = KeyPair.from_text(key_text if isinstance(key_text, str) else "")
         open_datagram(datagram, keys, TO_CONTROLLER)
@@ -888,6 +1031,7 @@ class Endpoint(object):
         self.reassembler = Reassembler(total_bytes=reassembly_bytes)
         self.outbox = Outbox()
         self.addresses = AddressBook(address_entries)
+        self.stamps = Stamps()
         self._outgoing = []
 
     # --- output -----------------------------------------------------------------------------------
@@ -909,7 +1053,10 @@ class Endpoint(object):
             raise ValueError("a %s may not be sent %s" % (KIND_NAMES.get(kind, kind), self.sends.decode()))
         if not isinstance(payload, bytes):
             payload = dump_json(payload)
-        msg_id = msg_id or new_msg_id()
+        if msg_id is None:
+            msg_id = new_msg_id()
+        else:   # a msg_id used before (a reply's, a RESEND's, a retransmitted report's): see Stamps
+            wall_ms = self.stamps.stamp(kind, msg_id, wall_ms, now)
         datagrams = encode_message(kind, payload, keys.for_direction(self.sends), msg_id, wall_ms,
                                    self.max_datagram, compress)
         entry = self.outbox.put(msg_id, datagrams, now, addr, not response) if cache else None
@@ -925,20 +1072,29 @@ class Endpoint(object):
 
     def refuse(self, addr, msg_id, error, keys, wall_ms, now):
         """Answer a request with an error reply: rate-limited per address, never cached, and within the
-        address's amplification budget (its message is shortened to fit rather than not sent)."""
+        address's amplification budget (its message is shortened to fit rather than not sent).
+
+        An MDP/1 peer (error.legacy) gets its answer in MDP/1's format, which it can read: clear JSON
+        under MDP/1's HMAC, carrying only the refusal."""
         if not (self.answer_errors and self.addresses.may_answer_error(addr, now)):
             return
+        legacy = getattr(error, "legacy", False)
+        overhead = HEADER_SIZE + LEGACY_MAC_SIZE if legacy else OVERHEAD
         payload = dump_json(error_reply(error))
         allowance = self.addresses.allowance(addr, now)
-        if allowance is not None and len(payload) + OVERHEAD > allowance:
+        if allowance is not None and len(payload) + overhead > allowance:
             short = ProtocolError(error.code, error.message)   # details go first, then message bytes
             payload = dump_json(error_reply(short))
-            excess = len(payload) + OVERHEAD - allowance
+            excess = len(payload) + overhead - allowance
             if excess > 0:
                 short.message = error.message[:max(0, len(error.message) - excess - 3)] + "..."
                 payload = dump_json(error_reply(short))
-            if len(payload) + OVERHEAD > allowance:
+            if len(payload) + overhead > allowance:
                 return
+        if legacy:
+            datagram = encode_legacy(REPLY, payload, keys, self.sends, msg_id, wall_ms)
+            self._queue(addr, [datagram], counted=True)
+            return
         self.send(addr, REPLY, payload, keys, wall_ms, now, msg_id, cache=False)
 
     def _queue(self, addr, datagrams, entry=None, indices=None, counted=False):
@@ -958,6 +1114,7 @@ class Endpoint(object):
     def _challenge(self, addr, msg_id, count, keys, wall_ms, now):
         token = self.addresses.token_for(addr)
         body = dump_json({"token": token, "count": count})
+        wall_ms = self.stamps.stamp(CHALLENGE, msg_id, wall_ms, now)
         datagrams = encode_message(CHALLENGE, body, keys.for_direction(self.sends), msg_id, wall_ms,
                                    self.max_datagram, False)
         allowance = self.addresses.allowance(addr, now)
@@ -976,7 +1133,7 @@ class Endpoint(object):
         try:
             packet = open_datagram(datagram, keys, self.receives)
         except ProtocolError as exc:
-            if exc.code == "unsupported_version":   # signed with our key: a peer that matters, tell it
+            if exc.code == "unsupported_version":   # sealed (or MDP/1-signed) with our key: tell it
                 self.addresses.heard(addr, len(datagram), now)
                 self.refuse(addr, msg_id, exc, keys, wall_ms, now)
             return [Refusal(addr, exc.code, exc.message, msg_id)]
@@ -1035,7 +1192,7 @@ class Endpoint(object):
         return [Duplicate(addr, packet.kind, packet.msg_id, keys)]
 
     def _on_resend(self, packet, datagram, addr, wall_ms, now):
-        # A RESEND is answered once: it is remembered by its MAC, unique to its bytes.
+        # A RESEND is answered once: it is remembered by its tag, unique to its bytes.
         entry = self.outbox.entry(packet.msg_id)
         if entry is None:
             return []   # aged out, or never ours
@@ -1088,6 +1245,7 @@ class Endpoint(object):
         """Ask for the missing chunks of quiet partial messages; age out partials and sent messages."""
         self.reassembler.expire(now)
         self.outbox.expire(now)
+        self.stamps.expire(now)
         fit = resend_capacity(self.max_datagram)
         for addr, msg_id, missing in self.reassembler.missing(now, limit=fit):
             keys = self.keys_for(addr[0], msg_id)

@@ -401,7 +401,7 @@ class Agent(object):
         self._flush()
 
     def report(self, operations):
-        """Run operations and push the signed results to the monitor (a HELLO first while enrolling)."""
+        """Run operations and push the sealed results to the monitor (a HELLO first while enrolling)."""
         if self.settings["enrol"] and not self.enrolled:
             from . import __version__
             hello = {"version": protocol.VERSION_STRING, "key": binascii.hexlify(self.keys.key).decode(),

@@ -8,6 +8,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from mdp_agent import protocol
+
 from .keystore import ip_sort_key
 
 SCHEMA = """
@@ -32,11 +34,13 @@ MIGRATIONS = [
     ("reports", "msg_id", "ALTER TABLE reports ADD COLUMN msg_id TEXT"),
 ]
 INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS reports_msg_id ON reports (msg_id);"
-# A storable report: a JSON object whose payload version has major number 1 (missing means 1). The
-# CASE keeps SQLite from reading an invalid body as JSON at all.
+# A storable report: a JSON object whose payload version has this protocol's major number (missing
+# means ours, as protocol.check_payload_version says). The CASE keeps SQLite from reading an invalid
+# body as JSON at all.
+_MAJOR = str(protocol.PROTOCOL_VERSION)
 VALID_REPORT = ("CASE WHEN json_valid(body) THEN json_type(body) = 'object' AND "
-                "(COALESCE(CAST(json_extract(body, '$.version') AS TEXT), '1') GLOB '1' "
-                "OR CAST(json_extract(body, '$.version') AS TEXT) GLOB '1.*') ELSE 0 END")
+                f"(COALESCE(CAST(json_extract(body, '$.version') AS TEXT), '{_MAJOR}') GLOB '{_MAJOR}' "
+                f"OR CAST(json_extract(body, '$.version') AS TEXT) GLOB '{_MAJOR}.*') ELSE 0 END")
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -142,7 +146,7 @@ class ReportStore:
 
         The JSON of each report is read by SQLite itself (json_each, in C, without the GIL): its
         status, its time, and the newest result of each operation for `latest`. A report that is not
-        a JSON object of payload major version 1 is refused (not stored, not acknowledged). Raises
+        a JSON object of this protocol's payload major version is refused (not stored, not acknowledged). Raises
         sqlite3.Error when the disk refuses; nothing is half-written (one transaction).
         """
         if not batch:

@@ -155,8 +155,8 @@ def test_error_replies_to_a_replayed_stale_request_are_rate_limited_and_within_b
 def test_an_error_reply_is_shortened_to_fit_rather_than_sent_over_budget():
     agent = agent_endpoint()
     head = p.HEADER.pack(p.MAGIC, p.PROTOCOL_VERSION, p.REQUEST, 0, 0, 0, 1, b"notjson!", NOW_MS)
-    body = b"\xff"
-    datagram = head + body + p._mac(KEYS.to_agent, head + body)
+    body = b"\xff" * 17   # a 59-byte request: three times that holds a shortened refusal, not the full one
+    datagram = p.seal_datagram(KEYS.to_agent, head, body)
     out = serve(agent, [datagram], CONTROLLER)
     [(_, reply)] = out
     assert len(reply) <= p.AMPLIFICATION_FACTOR * len(datagram)
@@ -181,7 +181,7 @@ def test_unsupported_version_is_answered_but_not_cached():
     agent = agent_endpoint()
     head = p.HEADER.pack(p.MAGIC, 9, p.REQUEST, 0, 0, 0, 1, b"version9", NOW_MS)
     body = b'{"operations":["ping"]}'
-    datagram = head + body + p._mac(KEYS.to_agent, head + body)
+    datagram = p.seal_datagram(KEYS.to_agent, head, body)
     out = serve(agent, [datagram], CONTROLLER)
     assert len(out) == 1 and len(agent.outbox) == 0
 
@@ -193,7 +193,7 @@ def test_impossible_chunk_counts_are_refused_before_reassembly():
     # 4 MiB message needs at this chunk's size; more than it needs at any size.
     for count, body in ((65535, b""), (3000, b"x" * 58), (3700, b"x" * 1142), (p.MAX_USEFUL_CHUNKS + 1, b"x" * 1142)):
         head = p.HEADER.pack(p.MAGIC, p.PROTOCOL_VERSION, p.REQUEST, 0, 0, 0, count, os.urandom(8), NOW_MS)
-        events = agent.feed(head + body + p._mac(KEYS.to_agent, head + body), CONTROLLER, NOW_MS, 0.0)
+        events = agent.feed(p.seal_datagram(KEYS.to_agent, head, body), CONTROLLER, NOW_MS, 0.0)
         refused.extend(e.code for e in events)
     assert refused == ["bad_header"] * 4 and agent.reassembler.pending() == 0
 
@@ -204,7 +204,7 @@ def test_a_key_holders_flood_of_partials_stays_within_the_agents_reassembly_boun
         addr = ("10.9.%d.%d" % (n % 50, 1), 30000 + n % 40)
         head = p.HEADER.pack(p.MAGIC, p.PROTOCOL_VERSION, p.REQUEST, 0, 0, 0, 3600, os.urandom(8), NOW_MS)
         body = b"y" * (p.DEFAULT_MAX_DATAGRAM - p.OVERHEAD)
-        agent.feed(head + body + p._mac(KEYS.to_agent, head + body), addr, NOW_MS, 0.0)
+        agent.feed(p.seal_datagram(KEYS.to_agent, head, body), addr, NOW_MS, 0.0)
     assert agent.reassembler.total <= p.AGENT_REASSEMBLY_BYTES_TOTAL
     assert agent.reassembler.pending() <= 50 * p.REASSEMBLY_MESSAGES_PER_PEER   # per IP, not per port
     # Asking for what is missing builds only what one RESEND carries, for every partial.

@@ -148,7 +148,7 @@ def test_every_truncation_and_extension_is_rejected():
             with pytest.raises(p.ProtocolError) as info:
                 p.open_datagram(datagram[:length], KEYS, p.TO_CONTROLLER)
             assert info.value.code == ("truncated" if length < p.OVERHEAD else "bad_signature")
-        with pytest.raises(p.ProtocolError, match="signature"):
+        with pytest.raises(p.ProtocolError, match="does not verify"):
             p.open_datagram(datagram + b"\x00", KEYS, p.TO_CONTROLLER)
 
 
@@ -184,16 +184,16 @@ def test_a_correctly_signed_kind_from_the_wrong_side_is_refused(direction):
 
 def _signed(header_fields, body=b"{}", dkey=KEYS.to_agent):
     head = p.HEADER.pack(*header_fields)
-    return head + body + p._mac(dkey, head + body)
+    return p.seal_datagram(dkey, head, body)
 
 
 @pytest.mark.parametrize("fields, code", [
-    ((p.MAGIC, 2, p.REQUEST, 0, 0, 0, 1, b"v" * 8, NOW_MS), "unsupported_version"),
+    ((p.MAGIC, 3, p.REQUEST, 0, 0, 0, 1, b"v" * 8, NOW_MS), "unsupported_version"),
     ((p.MAGIC, 0, p.REQUEST, 0, 0, 0, 1, b"v" * 8, NOW_MS), "unsupported_version"),
-    ((p.MAGIC, 1, 99, 0, 0, 0, 1, b"v" * 8, NOW_MS), "bad_kind"),
-    ((p.MAGIC, 1, p.REQUEST, 0, 0, 0, 0, b"v" * 8, NOW_MS), "bad_header"),
-    ((p.MAGIC, 1, p.REQUEST, 0, 0, 5, 5, b"v" * 8, NOW_MS), "bad_header"),
-    ((p.MAGIC, 1, p.REQUEST, 0x80, 0, 0, 1, b"v" * 8, NOW_MS), "bad_header"),
+    ((p.MAGIC, 2, 99, 0, 0, 0, 1, b"v" * 8, NOW_MS), "bad_kind"),
+    ((p.MAGIC, 2, p.REQUEST, 0, 0, 0, 0, b"v" * 8, NOW_MS), "bad_header"),
+    ((p.MAGIC, 2, p.REQUEST, 0, 0, 5, 5, b"v" * 8, NOW_MS), "bad_header"),
+    ((p.MAGIC, 2, p.REQUEST, 0x80, 0, 0, 1, b"v" * 8, NOW_MS), "bad_header"),
 ])
 def test_signed_but_malformed_headers_are_refused_with_their_code(fields, code):
     with pytest.raises(p.ProtocolError) as info:
@@ -208,7 +208,7 @@ def test_signed_but_malformed_headers_are_refused_with_their_code(fields, code):
 @settings(max_examples=200, deadline=None)
 @given(garbage=st.binary(max_size=300), direction=st.sampled_from([p.TO_AGENT, p.TO_CONTROLLER]))
 def test_garbage_only_ever_raises_protocol_error(garbage, direction):
-    for datagram in (garbage, p.MAGIC + garbage, p.MAGIC + b"\x01\x01" + garbage):
+    for datagram in (garbage, p.MAGIC + garbage, p.MAGIC + b"\x01\x01" + garbage, p.MAGIC + b"\x02\x01" + garbage):
         with pytest.raises(p.ProtocolError):
             p.open_datagram(datagram, KEYS, direction)
 
@@ -259,7 +259,7 @@ def test_chunks_reassemble_under_shuffle_and_duplication(data, seed):
     assert all(r is None for r in results[:-1])
     kind, flags, timestamp_ms, body = results[-1]
     assert (kind, timestamp_ms) == (p.REPLY, NOW_MS)
-    assert body == b"".join(d[p.HEADER_SIZE:-p.MAC_SIZE] for d in datagrams)
+    assert body == b"".join(p.open_datagram(d, KEYS, p.TO_CONTROLLER).body for d in datagrams)
     assert p.decode_body(flags, body) == receive(datagrams, p.TO_CONTROLLER)[1]
     assert reassembler.pending() == 0 and reassembler.total == 0
 
@@ -404,13 +404,14 @@ def test_limits_are_consistent():
     assert p.REASSEMBLY_BYTES_PER_PEER >= p.MAX_MESSAGE_BYTES
     assert p.REASSEMBLY_BYTES_TOTAL >= p.REASSEMBLY_BYTES_PER_PEER
     assert p.MAX_RESEND_INDICES >= -(-p.MAX_MESSAGE_BYTES // (p.DEFAULT_MAX_DATAGRAM - p.OVERHEAD))
-    assert (p.HEADER_SIZE, p.MAC_SIZE, p.OVERHEAD) == (26, 32, 58)
+    assert (p.HEADER_SIZE, p.TAG_SIZE, p.OVERHEAD) == (26, 16, 42)
     assert p.OUTBOX_TTL_S >= p.DEFAULT_REPLAY_WINDOW_S
 
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "protocol.md")
 NOT_LIMITS = {"PROTOCOL_VERSION", "REQUEST", "REPLY", "REPORT", "HELLO", "RESEND", "ACK", "CHALLENGE", "FLAG_ZLIB",
-              "HEADER_SIZE", "MAC_SIZE", "OVERHEAD", "KEY_SIZE"}
+              "HEADER_SIZE", "TAG_SIZE", "OVERHEAD", "KEY_SIZE",
+              "LEGACY_VERSION", "LEGACY_MAC_SIZE"}
 RETRANSMISSION = {"ACK_TIMEOUT_S", "ACK_RANDOM_FACTOR", "MAX_RETRANSMIT", "MAX_SENDS_PER_DATAGRAM"}
 
 
@@ -714,35 +715,35 @@ def test_parse_resend_returns_only_valid_indices():
 # --- Payload shapes and versions ------------------------------------------------------------------
 
 def test_make_request_and_reply_shapes():
-    assert p.make_request(["system.ping"]) == {"version": "1.0", "operations": ["system.ping"], "cluster_info": {}}
+    assert p.make_request(["system.ping"]) == {"version": "2.0", "operations": ["system.ping"], "cluster_info": {}}
     ok = {"name": "system.ping", "result": "pong"}
     failed = {"name": "nope", "error": {"code": "unknown_operation", "message": "no operation named nope"}}
-    assert p.make_reply([ok]) == {"status": True, "version": "1.0", "operations": [ok], "cluster_info": {}}
+    assert p.make_reply([ok]) == {"status": True, "version": "2.0", "operations": [ok], "cluster_info": {}}
     assert p.make_reply([ok, failed])["status"] is False
     assert p.make_reply([])["status"] is True
     refusal = p.error_reply(p.ProtocolError("bad_request", "\"operations\" must be a list"))
-    assert refusal == {"status": False, "version": "1.0", "operations": [], "cluster_info": {},
+    assert refusal == {"status": False, "version": "2.0", "operations": [], "cluster_info": {},
                        "error": {"code": "bad_request", "message": "\"operations\" must be a list"}}
 
 
-@pytest.mark.parametrize("version", ["1.0", "1.1", "1.99", "1", 1, 1.5, "1.0.0"])
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.99", "2", 2, 2.5, "2.0.0"])
 def test_minor_versions_are_accepted(version):
     p.check_payload_version({"version": version})
     assert p.parse_request({"version": version, "operations": ["x"]}) == (["x"], {})
 
 
-def test_a_missing_version_means_1():
+def test_a_missing_version_means_ours():
     p.check_payload_version({})
     assert p.parse_request({}) == ([], {})
 
 
-@pytest.mark.parametrize("version", ["2.0", "0.9", "10.0", "", "abc", None, 2, True, [1], "v1.0", " 1.0"])
+@pytest.mark.parametrize("version", ["1.0", "1", 1, "0.9", "20.0", "", "abc", None, True, [2], "v2.0", " 2.0"])
 def test_other_major_versions_are_refused(version):
     with pytest.raises(p.ProtocolError) as info:
         p.parse_request({"version": version, "operations": []})
     assert info.value.code == "unsupported_version"
-    assert info.value.details == {"supported": ["1.0"]}
-    assert repr(version) in info.value.message and "1.0" in info.value.message
+    assert info.value.details == {"supported": ["2.0"]}
+    assert repr(version) in info.value.message and "2.0" in info.value.message
 
 
 @pytest.mark.parametrize("obj, fragment", [
@@ -755,7 +756,7 @@ def test_other_major_versions_are_refused(version):
 ])
 def test_malformed_requests_are_refused_naming_the_field(obj, fragment):
     with pytest.raises(p.ProtocolError) as info:
-        p.parse_request(dict(obj, version="1.0"))
+        p.parse_request(dict(obj, version="2.0"))
     assert info.value.code == "bad_request"
     assert fragment in info.value.message
 
@@ -764,8 +765,8 @@ def test_a_request_passes_operations_and_cluster_info_through():
     cluster = {"cluster_machines": ["192.0.2.10"], "cluster_mode": [{"name": "sync_folders", "folder": "/srv"}]}
     ops = ["system.ping", {"name": "process.top", "args": {"n": 3}}]
     assert p.parse_request(p.make_request(ops, cluster)) == (ops, cluster)
-    assert p.parse_request({"version": "1.0", "operations": [], "cluster_info": None}) == ([], {})
-    assert p.parse_request({"version": "1.1", "future_field": 1}) == ([], {})   # minor: unknown fields ignored
+    assert p.parse_request({"version": "2.0", "operations": [], "cluster_info": None}) == ([], {})
+    assert p.parse_request({"version": "2.1", "future_field": 1}) == ([], {})   # minor: unknown fields ignored
 
 
 @pytest.mark.parametrize("item, expected", [
@@ -800,7 +801,7 @@ def test_parse_operation_refuses_malformed_items_clearly(item, pattern):
 @pytest.mark.parametrize("bad", [[], "", 0, False])
 def test_falsy_non_objects_are_refused_too(bad):
     with pytest.raises(p.ProtocolError):
-        p.parse_request({"version": "1.0", "operations": [], "cluster_info": bad})
+        p.parse_request({"version": "2.0", "operations": [], "cluster_info": bad})
     with pytest.raises(ValueError):
         p.parse_operation({"name": "process.top", "args": bad})
 
@@ -878,9 +879,60 @@ def test_keypair_refuses_a_key_of_the_wrong_size():
         p.KeyPair(b"\x00" * 31)
 
 
-def test_direction_keys_are_hmac_of_the_label():
+def test_direction_keys_are_hkdf_of_the_label():
     import hashlib
     import hmac
+    prk = hmac.new(b"MDP/2 key schedule", KEYS.key, hashlib.sha256).digest()
     for direction in (p.TO_AGENT, p.TO_CONTROLLER):
-        expected = hmac.new(KEYS.key, b"MDP/1 " + direction, hashlib.sha256).digest()
-        assert KEYS.for_direction(direction) == expected == p.direction_key(KEYS.key, direction)
+        expected = hmac.new(prk, b"MDP/2 " + direction + b"\x01", hashlib.sha256).digest()   # RFC 5869, one block
+        assert KEYS.for_direction(direction).key == expected == p.direction_key(KEYS.key, direction)
+        assert expected != p.legacy_direction_key(KEYS.key, direction)
+
+
+def test_messages_reusing_a_msg_id_never_share_a_millisecond():
+    """The nonce rule (docs/protocol.md): two messages of one kind and msg_id sealed in the same
+    millisecond (two RESENDs with different lists, a reply then an error) get distinct timestamps,
+    hence distinct message keys; a fresh msg_id keeps the clock's timestamp."""
+    ep = p.Endpoint(p.TO_CONTROLLER, lambda ip, msg_id: KEYS)
+    addr = ("127.0.0.9", 1)
+    stamps = []
+    for missing in ([1, 2], [3], [4, 5]):
+        ep.send(addr, p.RESEND, {"missing": missing}, KEYS, NOW_MS, 0.0, b"same-id!", response=False, cache=False)
+    for _, datagram in ep.datagrams_to_send():
+        stamps.append(p.open_datagram(datagram, KEYS, p.TO_AGENT).timestamp_ms)
+    assert stamps == [NOW_MS, NOW_MS + 1, NOW_MS + 2]
+    ep.send(addr, p.ACK, {"ack": "report"}, KEYS, NOW_MS, 0.0, b"same-id!", response=False, cache=False)
+    ep.send(addr, p.REQUEST, {}, KEYS, NOW_MS, 0.0, response=False, cache=False)   # fresh id: the clock's time
+    [ack, request] = [p.open_datagram(d, KEYS, p.TO_AGENT) for _, d in ep.datagrams_to_send()]
+    assert ack.timestamp_ms == NOW_MS and request.timestamp_ms == NOW_MS   # another kind: another key anyway
+    ep.send(addr, p.RESEND, {"missing": [9]}, KEYS, NOW_MS + 50, 0.0, b"same-id!", response=False, cache=False)
+    [(_, later)] = ep.datagrams_to_send()
+    assert p.open_datagram(later, KEYS, p.TO_AGENT).timestamp_ms == NOW_MS + 50   # the clock moved on
+    ep.tick(NOW_MS, 10 * p.OUTBOX_TTL_S)
+    assert len(ep.stamps) == 0   # forgotten with the outbox's horizon
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), kind=st.sampled_from([p.REQUEST, p.RESEND, p.ACK]),
+       payload=st.binary(max_size=3000), msg_id=st.binary(min_size=8, max_size=8),
+       timestamp_ms=st.integers(0, 2 ** 64 - 1), max_datagram=st.integers(p.MIN_DATAGRAM, 1500),
+       compress=st.booleans())
+def test_both_aes_gcm_implementations_make_identical_datagrams(key, kind, payload, msg_id, timestamp_ms,
+                                                               max_datagram, compress):
+    """The agent's libcrypto (ctypes) and the controller's `cryptography` seal byte for byte alike,
+    and each opens what the other sealed."""
+    from mdp_agent import aead
+    try:
+        controller_side = aead.cryptography()
+    except aead.AeadUnavailable:
+        pytest.skip("cryptography is not installed")
+    agent_keys, controller_keys = p.KeyPair(key, aead.libcrypto()), p.KeyPair(key, controller_side)
+    made = [p.encode_message(kind, payload, keys.to_agent, msg_id, timestamp_ms, max_datagram, compress)
+            for keys in (agent_keys, controller_keys)]
+    assert made[0] == made[1]
+    for datagram in made[0]:
+        assert p.open_datagram(datagram, controller_keys, p.TO_AGENT) == p.open_datagram(datagram, agent_keys,
+                                                                                            p.TO_AGENT)
+    hello = p.encode_message(p.HELLO, payload[:500], agent_keys.to_controller, msg_id, timestamp_ms, 1200, False)
+    assert hello == p.encode_message(p.HELLO, payload[:500], controller_keys.to_controller, msg_id, timestamp_ms,
+                                     1200, False)

@@ -1,26 +1,39 @@
-"""The test vectors in tests/vectors/ against protocol.py, and against plain hmac/zlib/json.
+"""The test vectors in tests/vectors/ against protocol.py, and against a reference decoder.
 
 Positive vectors: encode_message must reproduce every datagram byte for byte, and the datagrams must
 open, reassemble and decode back to payload_text. Negative vectors: open_datagram refuses each with
-the recorded error code. The files must also be exactly what tests/vectors/generate.py writes.
+the recorded error code. The same holds for reference_decoder.py, written from docs/protocol.md
+without importing protocol.py, which also checks the worked example in docs/protocol.md. The files
+must also be exactly what tests/vectors/generate.py writes.
 """
 
+import ast
 import binascii
 import glob
-import hashlib
-import hmac
 import importlib.util
 import json
 import os
-import struct
-import zlib
+import re
 
 import pytest
 
 from mdp_agent import protocol as p
 
-VECTOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vectors")
+pytest.importorskip("cryptography")   # the reference decoder's AES-GCM (installed in both test venvs)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VECTOR_DIR = os.path.join(HERE, "..", "vectors")
 DIRECTIONS = {"to-agent": p.TO_AGENT, "to-controller": p.TO_CONTROLLER}
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("mdp_reference_decoder", os.path.join(HERE, "reference_decoder.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ref = _reference()
 
 
 def _load(pattern):
@@ -41,7 +54,7 @@ def _unhex(text):
 
 def test_vector_set_covers_every_kind_and_both_flags():
     vectors = [param.values[0] for param in POSITIVE]
-    assert {v["kind"] for v in vectors} == {p.REQUEST, p.REPLY, p.REPORT, p.HELLO, p.RESEND, p.ACK}
+    assert {v["kind"] for v in vectors} == {p.REQUEST, p.REPLY, p.REPORT, p.HELLO, p.RESEND, p.ACK, p.CHALLENGE}
     assert any(len(v["datagrams"]) >= 3 for v in vectors)
     assert {bool(bytearray(_unhex(v["datagrams"][0]))[4] & p.FLAG_ZLIB) for v in vectors} == {True, False}
     assert {v["expected_error"] for v in (param.values[0] for param in NEGATIVE)} >= {
@@ -52,10 +65,13 @@ def test_vector_set_covers_every_kind_and_both_flags():
 def test_encode_reproduces_vector(vector):
     keys = p.KeyPair(_unhex(vector["key"]))
     direction = DIRECTIONS[vector["direction"]]
-    assert binascii.hexlify(p.direction_key(keys.key, direction)).decode() == vector["direction_key"]
-    datagrams = p.encode_message(vector["kind"], vector["payload_text"].encode("utf-8"),
-                                 keys.for_direction(direction), _unhex(vector["msg_id"]), vector["timestamp_ms"],
-                                 vector["max_datagram"], vector["compress"])
+    dkey = keys.for_direction(direction)
+    assert binascii.hexlify(dkey.key).decode() == vector["direction_key"]
+    message_key = dkey.message_key(vector["kind"], _unhex(vector["msg_id"]), vector["timestamp_ms"])
+    assert binascii.hexlify(message_key).decode() == vector["message_key"]
+    datagrams = p.encode_message(vector["kind"], vector["payload_text"].encode("utf-8"), dkey,
+                                 _unhex(vector["msg_id"]), vector["timestamp_ms"], vector["max_datagram"],
+                                 vector["compress"])
     assert [binascii.hexlify(d).decode() for d in datagrams] == vector["datagrams"]
 
 
@@ -77,26 +93,6 @@ def test_vector_decodes_to_its_payload(vector):
     assert p.decode_body(flags, body) == json.loads(vector["payload_text"])
 
 
-@pytest.mark.parametrize("vector", POSITIVE)
-def test_vector_checks_out_with_plain_hmac_and_zlib(vector):
-    """What another implementation would do, with no help from protocol.py."""
-    dkey = hmac.new(_unhex(vector["key"]), b"MDP/1 " + vector["direction"].encode(), hashlib.sha256).digest()
-    assert binascii.hexlify(dkey).decode() == vector["direction_key"]
-    message = b""
-    for index, text in enumerate(vector["datagrams"]):
-        datagram = _unhex(text)
-        head, body, mac = datagram[:26], datagram[26:-32], datagram[-32:]
-        assert hmac.compare_digest(hmac.new(dkey, head + body, hashlib.sha256).digest(), mac)
-        magic, version, kind, flags, reserved, chunk, count, msg_id, ts = struct.unpack("!2sBBBBHH8sQ", head)
-        assert (magic, version, kind, reserved, chunk, count, ts) == (
-            b"MD", 1, vector["kind"], 0, index, len(vector["datagrams"]), vector["timestamp_ms"])
-        assert binascii.hexlify(msg_id).decode() == vector["msg_id"]
-        message += body
-    if flags & 1:
-        message = zlib.decompress(message)
-    assert message.decode("utf-8") == vector["payload_text"]
-
-
 @pytest.mark.parametrize("vector", NEGATIVE)
 def test_negative_vector_is_refused_with_its_code(vector):
     keys = p.KeyPair(_unhex(vector["key"]))
@@ -104,6 +100,74 @@ def test_negative_vector_is_refused_with_its_code(vector):
         with pytest.raises(p.ProtocolError) as info:
             p.open_datagram(_unhex(text), keys, DIRECTIONS[vector["direction"]])
         assert info.value.code == vector["expected_error"]
+
+
+# --- The reference decoder ------------------------------------------------------------------------
+
+def test_the_reference_decoder_does_not_use_protocol_py():
+    with open(os.path.join(HERE, "reference_decoder.py"), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported == {"cryptography", "hashlib", "hmac", "json", "struct", "zlib"}
+
+
+@pytest.mark.parametrize("vector", POSITIVE)
+def test_reference_decoder_opens_and_reseals_every_positive_vector(vector):
+    key = _unhex(vector["key"])
+    assert binascii.hexlify(ref.direction_key(key, vector["direction"])).decode() == vector["direction_key"]
+    datagrams = [_unhex(d) for d in vector["datagrams"]]
+    for index, datagram in enumerate(datagrams):
+        fields, body = ref.open_datagram(datagram, key, vector["direction"])
+        magic, version, kind, flags, reserved, chunk, count, msg_id, ts = fields
+        assert (magic, version, kind, reserved, chunk, count, ts) == (
+            b"MD", 2, vector["kind"], 0, index, len(datagrams), vector["timestamp_ms"])
+        assert binascii.hexlify(msg_id).decode() == vector["msg_id"]
+        assert ref.seal_datagram(key, vector["direction"], fields, body) == datagram
+        if kind != ref.HELLO:   # nothing of the body is in clear
+            assert body not in datagram or len(body) < 4
+    assert ref.decode_message(list(reversed(datagrams)), key, vector["direction"]) == \
+        json.loads(vector["payload_text"])
+
+
+@pytest.mark.parametrize("vector", NEGATIVE)
+def test_reference_decoder_refuses_every_negative_vector_with_its_code(vector):
+    for text in vector["datagrams"]:
+        with pytest.raises(ref.Refused) as info:
+            ref.open_datagram(_unhex(text), _unhex(vector["key"]), vector["direction"])
+        assert info.value.code == vector["expected_error"]
+
+
+def _worked_example():
+    """name -> bytes from the worked example's code block in docs/protocol.md."""
+    with open(os.path.join(HERE, "..", "..", "docs", "protocol.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    section = text.split("\n## Worked example\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```\n", 2)[1]
+    values, name = {}, None
+    for line in block.splitlines():
+        match = re.match(r"^(\w+)?\s+([0-9a-f ]+?)\s*(?:\s\s\S.*)?$", line)
+        if match:
+            name = match.group(1) or name   # an unnamed line continues the one above
+            values[name] = values.get(name, b"") + _unhex(match.group(2).replace(" ", ""))
+    return section, values
+
+
+def test_reference_decoder_checks_the_worked_example_in_protocol_md():
+    section, values = _worked_example()
+    key = values["machine_key"]
+    assert ref.direction_key(key, "to-agent") == values["to_agent_key"]
+    assert ref.direction_key(key, "to-controller") == values["to_controller_key"]
+    datagram = values["datagram"]
+    fields, body = ref.open_datagram(datagram, key, "to-agent")
+    _, _, kind, _, _, _, _, msg_id, timestamp_ms = fields
+    assert ref.message_key(values["to_agent_key"], kind, msg_id, timestamp_ms) == values["message_key"]
+    assert body.decode("utf-8") in section   # the plaintext the example names
+    assert p.open_datagram(datagram, p.KeyPair(key), p.TO_AGENT).body == body   # and protocol.py agrees
 
 
 def test_files_are_what_generate_py_writes():

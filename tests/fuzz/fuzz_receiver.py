@@ -5,8 +5,8 @@
 
 Each input is one or more datagrams. The first byte picks what to do with the rest:
   0  feed it as is to an agent's Endpoint (a stranger's datagram: must be refused cheaply);
-  1  sign it with the agent's key first (header fields from the input), so the mutations reach the
-     reassembler, the decompressor, the JSON parser and the request parser behind the MAC;
+  1  seal it with the agent's key first (header fields from the input), so the mutations reach the
+     reassembler, the decompressor, the JSON parser and the request parser behind the tag;
   2  the same towards a collector's Endpoint (reports, HELLOs);
   3  parse it as a request payload (parse_text, parse_request, parse_operation).
 After every input the invariants hold: only ProtocolError escapes, reassembly stays within its bound,
@@ -41,14 +41,14 @@ SENT = {}
 
 
 def signed(data, direction):
-    """A datagram signed with KEYS whose header fields come from the first 12 input bytes."""
+    """A datagram sealed with KEYS whose header fields come from the first 12 input bytes."""
     head = (data + bytes(12))[:12]
     kind, flags, index, count = head[0] % 8, head[1] % 4, struct.unpack("!H", head[2:4])[0], \
         struct.unpack("!H", head[4:6])[0]
     msg_id = head[6:12] + b"id"
     header = p.HEADER.pack(p.MAGIC, p.PROTOCOL_VERSION, kind, flags, 0, index % 8, count % 9, msg_id, NOW_MS)
     body = data[12:]
-    return header + body + p._mac(KEYS.for_direction(direction), header + body)
+    return p.seal_datagram(KEYS.for_direction(direction), header, body)
 
 
 def feed(endpoint, datagram, addr, now):

@@ -13,11 +13,16 @@ def seeds():
     for path in sorted(glob.glob(os.path.join(HERE, "..", "vectors", "*.json"))):
         with open(path) as handle:
             vector = json.load(handle)
-        for text in vector.get("datagrams", []):
-            datagram = binascii.unhexlify(text)
+        datagrams = [binascii.unhexlify(text) for text in vector.get("datagrams", [])]
+        for datagram in datagrams:
             yield bytes([0, 1]) + datagram                          # as is, to the agent
-            yield bytes([1, 1]) + datagram[2:14] + datagram[26:-32]  # header fields + body, re-signed
-            yield bytes([2, 1]) + datagram[2:14] + datagram[26:-32]
+            # Header fields + a body, re-sealed by the fuzzer: the plaintext where the vector has it in
+            # one uncompressed datagram, else the ciphertext (as good as any bytes).
+            body = datagram[26:-16]
+            if "payload_text" in vector and len(datagrams) == 1 and not bytearray(datagram)[4] & 1:
+                body = vector["payload_text"].encode("utf-8")
+            yield bytes([1, 1]) + datagram[2:14] + body
+            yield bytes([2, 1]) + datagram[2:14] + body
         if "payload_text" in vector:
             yield bytes([3, 1]) + vector["payload_text"].encode("utf-8")
 

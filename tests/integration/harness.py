@@ -249,11 +249,17 @@ def signed_request(keys: protocol.KeyPair, operations, timestamp_ms: int | None 
 def raw_datagram(keys: protocol.KeyPair, kind: int = protocol.REQUEST, body: bytes = b'{"operations":["ping"]}',
                  count: int = 1, index: int = 0, msg_id: bytes | None = None, sign: bool = True,
                  version: int = protocol.PROTOCOL_VERSION) -> bytes:
-    """One hand-made datagram towards an agent, with any header field wrong on purpose (signed, or not)."""
+    """One hand-made datagram towards an agent, with any header field wrong on purpose (sealed, or not).
+
+    version=1 makes an MDP/1 datagram (clear body, HMAC-SHA256), as an old controller would send."""
     head = protocol.HEADER.pack(protocol.MAGIC, version, kind, 0, 0, index, count, msg_id or os.urandom(8),
                                 int(time.time() * 1000))
-    mac = hmac.new(keys.to_agent, head + body, hashlib.sha256).digest() if sign else bytes(32)
-    return head + body + mac
+    if version == protocol.LEGACY_VERSION:
+        mac = hmac.new(protocol.legacy_direction_key(keys.key, protocol.TO_AGENT), head + body, hashlib.sha256)
+        return head + body + (mac.digest() if sign else bytes(32))
+    if not sign:
+        return head + body + bytes(protocol.TAG_SIZE)
+    return protocol.seal_datagram(keys.to_agent, head, body)
 
 
 def receive_reply(sock: socket.socket, keys: protocol.KeyPair, msg_id: bytes, timeout: float = 5.0) -> dict:

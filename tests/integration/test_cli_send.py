@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import socket
@@ -158,15 +160,28 @@ def test_clock_skew_gets_a_signed_refusal_saying_by_how_much(spawn_agent, port):
 
 
 def test_unsupported_version_from_a_key_holder_gets_a_clear_answer(spawn_agent, port):
+    """An MDP/1 controller holding the key gets an answer it can read: one MDP/1 datagram (clear JSON
+    under MDP/1's HMAC) carrying only the refusal. A future version 3 gets a sealed MDP/2 refusal."""
     agent = spawn_agent("127.0.0.2")
     keys = protocol.KeyPair.from_text(agent.key_text)
-    msg_id = b"version2"
-    datagram = raw_datagram(keys, body=b'{"version": "2.0", "operations": ["ping"]}', msg_id=msg_id, version=2)
+    msg_id = b"version1"
+    datagram = raw_datagram(keys, body=b'{"version": "1.0", "operations": ["ping"]}', msg_id=msg_id, version=1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5.0)
         sock.sendto(datagram, (agent.ip, port))
-        reply = receive_reply(sock, keys, msg_id)
-    assert reply["error"]["code"] == "unsupported_version"
-    assert reply["error"]["message"] == "protocol version 2 is not supported; this side speaks 1"
+        answer, _ = sock.recvfrom(protocol.MAX_DATAGRAM)
+        head, body, mac = answer[:26], answer[26:-32], answer[-32:]
+        key = protocol.legacy_direction_key(keys.key, protocol.TO_CONTROLLER)
+        assert hmac.compare_digest(hmac.new(key, head + body, hashlib.sha256).digest(), mac)
+        assert protocol.HEADER.unpack(head)[1:4] == (1, protocol.REPLY, 0) and head[10:18] == msg_id
+        reply = json.loads(body)
+        assert reply["error"]["code"] == "unsupported_version" and reply["error"]["supported"] == [2]
+        assert reply["error"]["message"] == "protocol version 1 is not supported; this side speaks 2"
+        assert reply["operations"] == [] and set(reply) == {"status", "version", "operations", "cluster_info", "error"}
+        future = raw_datagram(keys, body=b'{"version": "3.0", "operations": ["ping"]}', msg_id=b"version3", version=3)
+        sock.sendto(future, (agent.ip, port))
+        reply = receive_reply(sock, keys, b"version3")
+    assert reply["error"]["message"] == "protocol version 3 is not supported; this side speaks 2"
 
 
 @pytest.mark.parametrize("args", [["not-an-ip", "ping"], ["127.0.0.2", "{bad json"], ["127.0.0.2"],

@@ -108,7 +108,7 @@ def _partial_flood(keys, direction_key, kind, count, body, n, target, sources):
         head = protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, kind, 0, 0, 0, count,
                                     os.urandom(8), now)
         try:
-            socks[i % len(socks)].sendto(head + body + protocol._mac(direction_key, head + body), target)
+            socks[i % len(socks)].sendto(protocol.seal_datagram(direction_key, head, body), target)
         except OSError:
             pass
     for sock in socks:

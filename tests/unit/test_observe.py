@@ -32,7 +32,7 @@ def report(load1=0.5, mountpoint="/", extra=()):
            {"name": "memory.info", "result": {"total": 1000, "available": 250, "swap": {"total": 0, "free": 0}}},
            {"name": "filesystem.usage", "result": [{"mountpoint": mountpoint, "device": "/dev/x", "fstype": "ext4",
                                                     "total": 100, "available": 40}]}, *extra]
-    return {"status": True, "version": "1.0", "operations": ops}
+    return {"status": True, "version": "2.0", "operations": ops}
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.9, "59s"), (42 * 60, "42m"), (3600, "1h"),

@@ -11,7 +11,7 @@ def report(load1, status=True):
     ops = [{"name": "load.avg", "result": {"load1": load1}}]
     if not status:
         ops.append({"name": "service.status", "error": {"code": "failed", "message": "boom"}})
-    return {"status": status, "version": "1.0", "operations": ops, "cluster_info": {}}
+    return {"status": status, "version": "2.0", "operations": ops, "cluster_info": {}}
 
 
 def test_reports_are_stored_and_latest_values_kept(tmp_path):
@@ -107,13 +107,13 @@ def test_an_old_database_without_msg_ids_is_migrated(tmp_path):
     assert connect(db).execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 2
 
 
-def test_reports_that_are_not_version_1_objects_are_refused_without_spoiling_the_batch(tmp_path):
+def test_reports_that_are_not_version_2_objects_are_refused_without_spoiling_the_batch(tmp_path):
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
     store.add("10.0.0.5", None, text="not json", msg_id="01", ack="bad1")
-    store.add("10.0.0.5", None, text='{"version": "2.0", "operations": []}', msg_id="02", ack="bad2")
+    store.add("10.0.0.5", None, text='{"version": "1.0", "operations": []}', msg_id="02", ack="bad2")
     store.add("10.0.0.5", None, text="[1, 2]", msg_id="03", ack="bad3")
-    store.add("10.0.0.5", None, text='{"status": true, "version": "1.7", "operations": '
+    store.add("10.0.0.5", None, text='{"status": true, "version": "2.7", "operations": '
               '[{"name": "ping", "result": "pong"}, 7, {"name": 3}]}', msg_id="04", ack="good")
     assert store.flush() == ["good"] and (store.stored, store.refused) == (1, 3)
     [row] = machine_status(db)

@@ -1,4 +1,4 @@
-"""Regenerate the MDP v1 test vectors (tests/vectors/*.json) from fixed keys, ids and timestamps.
+"""Regenerate the MDP/2 test vectors (tests/vectors/*.json) from fixed keys, ids and timestamps.
 
     PYTHONPATH=agent_src python3 tests/vectors/generate.py          # rewrite the files
     PYTHONPATH=agent_src python3 tests/vectors/generate.py --check  # exit 1 if any file would change
@@ -7,6 +7,9 @@ Nothing here is random, so the output is the same on every run: tests/agent/test
 that the files on disk are exactly what this script makes, and that protocol.py reproduces them.
 Compressed vectors hold zlib level-6 output; another deflate may produce other (equally valid) bytes,
 so an implementation that compresses differently checks those vectors by decoding them instead.
+Every vector records the keys an implementation derives on the way (direction key, message key), so
+a mismatch says which step differs. tests/agent/test_vectors.py checks them all with a reference
+decoder that uses only `cryptography`'s AESGCM, hmac, hashlib, zlib, struct and json.
 """
 
 import binascii
@@ -38,14 +41,14 @@ def _chunked_result():
     for pid in range(1, 13):
         rows.append({"pid": pid * 101, "name": f"worker-{pid:02d}", "cpu_percent": round(pid * 1.25, 2),
                      "rss_bytes": pid * 1048576 + pid * 7})
-    return {"status": True, "version": "1.0", "cluster_info": {},
+    return {"status": True, "version": "2.0", "cluster_info": {},
             "operations": [{"name": "process.top", "result": rows}]}
 
 
 def _compressible_result():
     mounts = [{"mount": f"/srv/data{i}", "fstype": "ext4", "total_bytes": 107374182400,
                "free_bytes": 53687091200 - i * 4096, "read_only": False} for i in range(16)]
-    return {"status": True, "version": "1.0", "cluster_info": {},
+    return {"status": True, "version": "2.0", "cluster_info": {},
             "operations": [{"name": "filesystem.usage", "result": mounts}]}
 
 
@@ -58,43 +61,46 @@ def _scrambled_lines(n):
 POSITIVE = [
     ("request", "A request for two operations, one with arguments (controller to agent).",
      p.TO_AGENT, p.REQUEST, "0102030405060708",
-     {"version": "1.0", "operations": ["system.ping", {"name": "process.top", "args": {"n": 3}}],
+     {"version": "2.0", "operations": ["system.ping", {"name": "process.top", "args": {"n": 3}}],
       "cluster_info": {}}, 1200, True),
     ("reply", "The reply to the request above: same msg_id, one success and one error result.",
      p.TO_CONTROLLER, p.REPLY, "0102030405060708",
-     {"status": False, "version": "1.0", "cluster_info": {},
+     {"status": False, "version": "2.0", "cluster_info": {},
       "operations": [{"name": "system.ping", "result": "pong"},
                      {"name": "process.top", "error": {"code": "not_allowed",
                                                        "message": "process.top is not matched by the agent's "
                                                                   "allow list"}}]}, 1200, True),
     ("report", "A report pushed to the monitor (reply-shaped, with reported_at); non-ASCII text stays UTF-8.",
      p.TO_CONTROLLER, p.REPORT, "1112131415161718",
-     {"status": True, "version": "1.0", "cluster_info": {}, "reported_at": 1767225600.0,
+     {"status": True, "version": "2.0", "cluster_info": {}, "reported_at": 1767225600.0,
       "operations": [{"name": "load.avg", "result": [0.25, 0.5, 0.75]},
                      {"name": "system.info", "result": {"hostname": "m\u00e5skin-01"}}]}, 1200, True),
-    ("hello", "Enrolment: the agent offers its key to the monitor, signed with that same key.",
+    ("hello", "Enrolment: the agent offers its key to the monitor. The one datagram whose body is clear (the "
+     "monitor has no key yet): the tag is GCM over an empty plaintext with header and body as associated data.",
      p.TO_CONTROLLER, p.HELLO, "2122232425262728",
-     {"version": "1.0", "key": KEY_HEX, "hostname": "web-01", "agent_version": "1.0.0"}, 1200, True),
+     {"version": "2.0", "key": KEY_HEX, "hostname": "web-01", "agent_version": "1.0.0"}, 1200, True),
     ("resend-to-agent", "The controller asks the agent again for chunks 1 and 3 of reply 0102030405060708.",
      p.TO_AGENT, p.RESEND, "0102030405060708", {"missing": [1, 3]}, 1200, True),
     ("resend-to-controller", "The agent asks the controller for chunk 2 of a chunked request.",
      p.TO_CONTROLLER, p.RESEND, "3132333435363738", {"missing": [2]}, 1200, True),
     ("ack", "The monitor acknowledges report 1112131415161718.",
      p.TO_AGENT, p.ACK, "1112131415161718", {"ack": "report"}, 1200, True),
+    ("challenge", "The agent holds a 3-chunk reply until the controller proves its address by echoing the token.",
+     p.TO_CONTROLLER, p.CHALLENGE, "0102030405060708", {"token": "00112233445566778899aabbccddeeff", "count": 3},
+     1200, False),
     ("reply-compressed", "A reply large and repetitive enough to be sent zlib-compressed (flag 0x01).",
      p.TO_CONTROLLER, p.REPLY, "4142434445464748", _compressible_result(), 1200, True),
     ("reply-chunked", "A reply cut into 3+ chunks at the smallest datagram size, uncompressed.",
      p.TO_CONTROLLER, p.REPLY, "5152535455565758", _chunked_result(), p.MIN_DATAGRAM, False),
     ("reply-chunked-compressed", "A reply compressed first, then cut into chunks (the flag is on every chunk).",
      p.TO_CONTROLLER, p.REPLY, "6162636465666768",
-     {"status": True, "version": "1.0", "cluster_info": {},
+     {"status": True, "version": "2.0", "cluster_info": {},
       "operations": [{"name": "example.lines", "result": _scrambled_lines(120)}]}, p.MIN_DATAGRAM, True),
 ]
 
 
-def _sign(dkey, header_fields, body):
-    head = p.HEADER.pack(*header_fields)
-    return head + body + p._mac(dkey, head + body)
+def _seal(dkey, header_fields, body):
+    return p.seal_datagram(dkey, p.HEADER.pack(*header_fields), body)
 
 
 def _flip(data, index):
@@ -106,37 +112,45 @@ def _flip(data, index):
 def _negative(keys):
     """name -> (description, direction to open with, [datagram], expected error code)."""
     ka, kc = keys.to_agent, keys.to_controller
-    body = _text({"version": "1.0", "operations": ["system.ping"], "cluster_info": {}}).encode("utf-8")
-    good = _sign(ka, (p.MAGIC, 1, p.REQUEST, 0, 0, 0, 1, b"\x71" * 8, TIMESTAMP_MS), body)
-    resend = _sign(ka, (p.MAGIC, 1, p.RESEND, 0, 0, 0, 1, b"\x72" * 8, TIMESTAMP_MS), b'{"missing":[0]}')
+    body = _text({"version": "2.0", "operations": ["system.ping"], "cluster_info": {}}).encode("utf-8")
+    v = p.PROTOCOL_VERSION
+    good = _seal(ka, (p.MAGIC, v, p.REQUEST, 0, 0, 0, 1, b"\x71" * 8, TIMESTAMP_MS), body)
+    resend = _seal(ka, (p.MAGIC, v, p.RESEND, 0, 0, 0, 1, b"\x72" * 8, TIMESTAMP_MS), b'{"missing":[0]}')
+    legacy = p.encode_legacy(p.REQUEST, body, keys, p.TO_AGENT, b"\x78" * 8, TIMESTAMP_MS)
     return [
-        ("bad-mac", "A request whose last MAC byte was changed.", p.TO_AGENT, [_flip(good, len(good) - 1)],
+        ("flipped-tag", "A request whose last tag byte was changed.", p.TO_AGENT, [_flip(good, len(good) - 1)],
          "bad_signature"),
-        ("bad-body", "A request with one payload byte changed (the MAC no longer matches).", p.TO_AGENT,
+        ("flipped-ciphertext", "A request with one ciphertext byte changed.", p.TO_AGENT,
          [_flip(good, p.HEADER_SIZE + 5)], "bad_signature"),
-        ("bad-timestamp", "A request whose timestamp was changed after signing.", p.TO_AGENT,
-         [_flip(good, p.HEADER_SIZE - 1)], "bad_signature"),
-        ("wrong-direction", "A RESEND signed to-agent, opened as to-controller (RESEND is valid both ways).",
+        ("header-changed", "A request whose timestamp (in the header, the associated data) was changed after "
+         "sealing.", p.TO_AGENT, [_flip(good, p.HEADER_SIZE - 1)], "bad_signature"),
+        ("wrong-direction", "A RESEND sealed to-agent, opened as to-controller (RESEND is valid both ways).",
          p.TO_CONTROLLER, [resend], "bad_signature"),
-        ("wrong-key", "A request signed with another machine's key.", p.TO_AGENT,
-         [_sign(p.KeyPair(b"\x01" * 32).to_agent, (p.MAGIC, 1, p.REQUEST, 0, 0, 0, 1, b"\x71" * 8,
+        ("wrong-key", "A request sealed with another machine's key.", p.TO_AGENT,
+         [_seal(p.KeyPair(b"\x01" * 32).to_agent, (p.MAGIC, v, p.REQUEST, 0, 0, 0, 1, b"\x71" * 8,
                                                     TIMESTAMP_MS), body)], "bad_signature"),
-        ("truncated-short", "Fewer bytes than a header and a MAC.", p.TO_AGENT, [good[:p.OVERHEAD - 1]],
+        ("truncated-short", "Fewer bytes than a header and a tag.", p.TO_AGENT, [good[:p.OVERHEAD - 1]],
          "truncated"),
         ("truncated-tail", "A request missing its last byte.", p.TO_AGENT, [good[:-1]], "bad_signature"),
         ("bad-magic", "Not starting with \"MD\".", p.TO_AGENT, [b"XD" + good[2:]], "bad_magic"),
-        ("wrong-kind", "A REPLY, correctly signed with the to-agent key: replies never travel to an agent.",
-         p.TO_AGENT, [_sign(ka, (p.MAGIC, 1, p.REPLY, 0, 0, 0, 1, b"\x73" * 8, TIMESTAMP_MS), b"{}")],
+        ("wrong-kind", "A REPLY, correctly sealed with the to-agent key: replies never travel to an agent.",
+         p.TO_AGENT, [_seal(ka, (p.MAGIC, v, p.REPLY, 0, 0, 0, 1, b"\x73" * 8, TIMESTAMP_MS), b"{}")],
          "bad_kind"),
-        ("unsupported-version", "Correctly signed, but header version 2.", p.TO_AGENT,
-         [_sign(ka, (p.MAGIC, 2, p.REQUEST, 0, 0, 0, 1, b"\x74" * 8, TIMESTAMP_MS), body)],
+        ("unsupported-version", "Correctly sealed, but header version 3.", p.TO_AGENT,
+         [_seal(ka, (p.MAGIC, 3, p.REQUEST, 0, 0, 0, 1, b"\x74" * 8, TIMESTAMP_MS), body)],
          "unsupported_version"),
-        ("bad-chunk-index", "Correctly signed, but chunk_index 3 of chunk_count 3.", p.TO_CONTROLLER,
-         [_sign(kc, (p.MAGIC, 1, p.REPLY, 0, 0, 3, 3, b"\x75" * 8, TIMESTAMP_MS), b"{}")], "bad_header"),
-        ("zero-chunk-count", "Correctly signed, but chunk_count 0.", p.TO_CONTROLLER,
-         [_sign(kc, (p.MAGIC, 1, p.REPLY, 0, 0, 0, 0, b"\x76" * 8, TIMESTAMP_MS), b"{}")], "bad_header"),
-        ("unknown-flag", "Correctly signed, but flags 0x02 (only 0x01 is defined).", p.TO_CONTROLLER,
-         [_sign(kc, (p.MAGIC, 1, p.REPLY, 0x02, 0, 0, 1, b"\x77" * 8, TIMESTAMP_MS), b"{}")], "bad_header"),
+        ("bad-chunk-index", "Correctly sealed, but chunk_index 3 of chunk_count 3.", p.TO_CONTROLLER,
+         [_seal(kc, (p.MAGIC, v, p.REPLY, 0, 0, 3, 3, b"\x75" * 8, TIMESTAMP_MS), b"{}")], "bad_header"),
+        ("zero-chunk-count", "Correctly sealed, but chunk_count 0.", p.TO_CONTROLLER,
+         [_seal(kc, (p.MAGIC, v, p.REPLY, 0, 0, 0, 0, b"\x76" * 8, TIMESTAMP_MS), b"{}")], "bad_header"),
+        ("unknown-flag", "Correctly sealed, but flags 0x02 (only 0x01 is defined).", p.TO_CONTROLLER,
+         [_seal(kc, (p.MAGIC, v, p.REPLY, 0x02, 0, 0, 1, b"\x77" * 8, TIMESTAMP_MS), b"{}")], "bad_header"),
+        ("mdp1-request", "An MDP/1 request (clear body, HMAC-SHA256 under HMAC(key, \"MDP/1 to-agent\")), signed "
+         "with the right key: refused as unsupported_version, answered in MDP/1's format.", p.TO_AGENT, [legacy],
+         "unsupported_version"),
+        ("mdp1-wrong-key", "An MDP/1 request signed with another key: dropped like any forgery.", p.TO_AGENT,
+         [p.encode_legacy(p.REQUEST, body, p.KeyPair(b"\x01" * 32), p.TO_AGENT, b"\x79" * 8, TIMESTAMP_MS)],
+         "bad_signature"),
     ]
 
 
@@ -150,14 +164,16 @@ def vectors():
         dkey = keys.for_direction(direction)
         datagrams = p.encode_message(kind, text.encode("utf-8"), dkey, binascii.unhexlify(msg_id), TIMESTAMP_MS,
                                      max_datagram, compress)
+        message_key = dkey.message_key(kind, binascii.unhexlify(msg_id), TIMESTAMP_MS)
         vector = {"description": description, "key": KEY_HEX, "direction": DIRECTION_NAMES[direction],
-                  "direction_key": _hex(dkey), "kind": kind, "kind_name": p.KIND_NAMES[kind], "msg_id": msg_id,
+                  "direction_key": _hex(dkey.key), "message_key": _hex(message_key), "kind": kind,
+                  "kind_name": p.KIND_NAMES[kind], "msg_id": msg_id,
                   "timestamp_ms": TIMESTAMP_MS, "max_datagram": max_datagram, "compress": compress,
                   "payload_text": text, "datagrams": [_hex(d) for d in datagrams]}
         out[f"{number + 1:02d}-{name}.json"] = vector
     for number, (name, description, direction, datagrams, code) in enumerate(_negative(keys)):
         vector = {"description": description, "key": KEY_HEX, "direction": DIRECTION_NAMES[direction],
-                  "direction_key": _hex(keys.for_direction(direction)), "datagrams": [_hex(d) for d in datagrams],
+                  "direction_key": _hex(keys.for_direction(direction).key), "datagrams": [_hex(d) for d in datagrams],
                   "expected_error": code}
         out[f"bad-{number + 1:02d}-{name}.json"] = vector
     return {name: json.dumps(v, indent=2, sort_keys=True, ensure_ascii=False) + "\n" for name, v in out.items()}
