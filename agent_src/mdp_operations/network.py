@@ -5,7 +5,7 @@ import fcntl
 import socket
 import struct
 
-from . import _host
+from . import _host, _procfs
 
 # ioctl request numbers from <linux/sockios.h>; the kernel has no file that lists IPv4 addresses
 # per interface (fib_trie lacks interface names), so these are the ioctl-free way's only gap.
@@ -21,21 +21,11 @@ _UDP_UNCONNECTED = "07"
 MAX_SOCKETS = 500
 
 
-# What drivers print for "speed unknown": SPEED_UNKNOWN is -1, printed unsigned by kernels
-# before 4.x (4294967295), and 65535 by some older drivers.
-_UNKNOWN_SPEEDS = (65535, 4294967295)
-
-
 def _int_or_none(text):
     try:
         return int(text.strip())
     except ValueError:
         return None
-
-
-def _speed(text):
-    value = _int_or_none(text)
-    return None if value is None or value < 0 or value in _UNKNOWN_SPEEDS else value
 
 
 def _ipv4(name):
@@ -89,7 +79,7 @@ def interfaces():
             "mac": attr("address") or None,
             "mtu": _int_or_none(attr("mtu")),
             "state": attr("operstate") or None,
-            "speed_mbps": _speed(attr("speed")),
+            "speed_mbps": _procfs.link_speed(name),
             "duplex": attr("duplex") or None,
             "ipv4": _ipv4(name),
             "ipv6": ipv6.get(name, []),
