@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 
-_REAL = {"proc": "/proc", "sys": "/sys", "etc": "/etc"}
+_REAL = {"proc": "/proc", "sys": "/sys", "etc": "/etc", "var": "/var", "run": "/run", "dev": "/dev"}
 _roots = dict(_REAL)
 _lock = threading.Lock()
 
@@ -21,11 +21,22 @@ MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "
 MAX_OUTPUT = 64 * 1024
 
 
-def set_roots(proc=None, sys=None, etc=None):
+# Paths the agent config allows files.stat and files.certificates to read (file_paths, cert_paths).
+allowed_paths = {"files": (), "certs": ()}
+
+
+def configure_paths(files=(), certs=()):
+    """Set the allowed paths from the agent config (at start and on SIGHUP)."""
+    allowed_paths["files"] = tuple(files)
+    allowed_paths["certs"] = tuple(certs)
+
+
+def set_roots(proc=None, sys=None, etc=None, var=None, run=None, dev=None):
     """Point reads at other trees (None keeps the current one); returns the previous roots."""
     with _lock:
         previous = dict(_roots)
-        for key, value in (("proc", proc), ("sys", sys), ("etc", etc)):
+        for key, value in (("proc", proc), ("sys", sys), ("etc", etc), ("var", var), ("run", run),
+                           ("dev", dev)):
             if value is not None:
                 _roots[key] = value
         return previous
@@ -36,8 +47,8 @@ def reset_roots():
 
 
 @contextlib.contextmanager
-def roots(proc=None, sys=None, etc=None):
-    previous = set_roots(proc, sys, etc)
+def roots(proc=None, sys=None, etc=None, var=None, run=None, dev=None):
+    previous = set_roots(proc, sys, etc, var, run, dev)
     try:
         yield
     finally:
@@ -55,7 +66,7 @@ def identity():
 
 
 def path(kind, *parts):
-    """Host path for kind ('proc', 'sys' or 'etc') and parts below it."""
+    """Host path for kind ('proc', 'sys', 'etc', 'var', 'run' or 'dev') and parts below it."""
     return os.path.join(_roots[kind], *parts)
 
 
