@@ -36,14 +36,21 @@ def _inside(real, allowed):
     return False
 
 
-def _checked_path(path, kind, setting):
+def _checked_path(path, kind, setting, resolve=True):
+    """path, checked to lie under the allowed paths: resolved (symlinks followed) first when resolve.
+
+    files.stat resolves, as it returns a hash of the content. files.certificates checks the path
+    as written, because certificate directories are made of links that lead elsewhere
+    (/etc/ssl/certs -> /usr/share/ca-certificates, letsencrypt's live/ -> archive/) and it returns
+    only the validity and names of what parses as a certificate.
+    """
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path or len(path) > 4096:
         raise ValueError("path must be an absolute path")
     allowed = _host.allowed_paths[kind]
     if not allowed:
         raise NotAvailable("no %s are configured in the agent config" % setting)
-    real = os.path.realpath(path)
-    if not _inside(real, allowed):
+    real = os.path.realpath(path) if resolve else os.path.normpath(path)
+    if not _inside(real, allowed if resolve else [os.path.normpath(p) for p in allowed]):
         raise ValueError("%s is not under the agent's %s (%s)" % (path, setting, ", ".join(allowed)))
     return real
 
@@ -205,7 +212,8 @@ def certificates(path=None, expiring_within_days=-1):
     """Expiry of the X.509 certificates in PEM or DER files under the configured cert_paths.
 
     path: look only at this file or directory (it must lie under cert_paths); omitted: all of
-    cert_paths (default /etc/letsencrypt/live and the snakeoil certificate). expiring_within_days:
+    cert_paths (default /etc/letsencrypt/live and the snakeoil certificate); links inside are
+    followed (certificate stores are made of them). expiring_within_days:
     only certificates that expire within this many days (-1: all). Looks at 200 files of at most
     1 MiB, 3 directories deep; private keys and other files are skipped. Returns {"certificates":
     [{"path", "subject_cn", "issuer_cn", "not_before", "not_after" (epoch seconds), "days_left",
@@ -218,8 +226,8 @@ def certificates(path=None, expiring_within_days=-1):
     if isinstance(expiring_within_days, bool) or not isinstance(expiring_within_days, int) \
             or expiring_within_days < -1:
         raise ValueError("expiring_within_days must be an integer, -1 for all")
-    roots = [_checked_path(path, "certs", "cert_paths")] if path is not None else [
-        os.path.realpath(p) for p in _host.allowed_paths["certs"]]
+    roots = [_checked_path(path, "certs", "cert_paths", resolve=False)] if path is not None else [
+        os.path.normpath(p) for p in _host.allowed_paths["certs"]]
     if not roots:
         raise NotAvailable("no cert_paths are configured in the agent config")
     now = time.time()
