@@ -18,6 +18,7 @@ import pkgutil
 import re
 import stat
 import sys
+import threading
 import types
 
 log = logging.getLogger("mdp_agent.registry")
@@ -178,6 +179,58 @@ class Registry:
         self.register("get_available_methods", get_available_methods, inline=True)
         # Site modules: {"loaded": [file names], "failed": {file name: why}} (agent.stats shows it).
         self.site_modules = {"loaded": [], "failed": {}}
+        # Families imported on first use (family -> module name) and legacy aliases resolved then
+        # (alias -> target): the agent's start-up compiles only what it runs (no bytecode on hosts).
+        self._pending_families = {}
+        self._pending_aliases = {}
+        self._loading = threading.RLock()
+
+    def add_family(self, family, module_name):
+        """Register module_name's public functions as family.function when one is first asked for."""
+        self._pending_families[family] = module_name
+
+    def add_alias(self, alias, target):
+        """A bare legacy name for target, resolved when first asked for."""
+        self._pending_aliases[alias] = target
+
+    def _load_family(self, family):
+        with self._loading:
+            module_name = self._pending_families.pop(family, None)
+            if module_name is None:
+                return
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # noqa: BLE001 - one broken family must not take the others down
+                sys.stderr.write("mdp-agent: skipping operations module {}: {}: {}\n".format(
+                    family, type(exc).__name__, exc))
+                return
+            for name, func in _public_functions(module):
+                self.register(family + "." + name, func, mutating=getattr(func, "mdp_mutating", False),
+                              inline=getattr(func, "mdp_inline", False))
+
+    def _resolve_alias(self, alias):
+        with self._loading:
+            target = self._pending_aliases.pop(alias, None)
+            if target is None:
+                return
+            self._load_family(target.partition(".")[0])
+            operation = self._operations.get(target)
+            if operation is not None:
+                self.register(alias, operation.func, operation.mutating, operation.inline)
+
+    def _load_everything(self):
+        for family in sorted(self._pending_families):
+            self._load_family(family)
+        for alias in sorted(self._pending_aliases):
+            self._resolve_alias(alias)
+
+    def _get(self, name):
+        if name not in self._operations:
+            if name in self._pending_aliases:
+                self._resolve_alias(name)
+            elif name.partition(".")[0] in self._pending_families:
+                self._load_family(name.partition(".")[0])
+        return self._operations.get(name)
 
     def register(self, name, func, mutating=False, inline=False, changes_state=False, source="builtin"):
         if not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
@@ -244,6 +297,8 @@ class Registry:
         finally:
             os.close(fd)
         shadowed = [n for n in self._operations if n == family or n.startswith(family + ".")]
+        if family in self._pending_families or family in self._pending_aliases:
+            shadowed.append(family + ".*")
         if shadowed:
             raise ValueError("would shadow built-in operation(s) {}".format(", ".join(sorted(shadowed)[:5])))
         module = types.ModuleType("mdp_site_operations." + family)
@@ -267,7 +322,7 @@ class Registry:
     def lookup(self, name):
         if not isinstance(name, str) or len(name) > MAX_NAME or not NAME_PATTERN.match(name):
             raise OperationError("unknown_operation", "not an operation name: {!r}".format(name))
-        operation = self._operations.get(name)
+        operation = self._get(name)
         if operation is None:
             raise OperationError("unknown_operation", "no operation named {}".format(name))
         refusal = self._refusal(operation)
@@ -277,11 +332,13 @@ class Registry:
 
     def describe(self):
         """[{"name", "summary", "doc", "mutating", "changes_state"}] of the allowed operations, by name."""
+        self._load_everything()
         return [{"name": op.name, "summary": op.summary, "doc": op.doc, "mutating": op.mutating,
                  "changes_state": op.changes_state}
                 for name, op in sorted(self._operations.items()) if self._refusal(op) is None]
 
     def names(self):
+        self._load_everything()
         return sorted(self._operations)
 
 
@@ -298,7 +355,8 @@ def load_default_registry(allow=("*",), enable_mutating=False, operations_dir=No
     (described from mdp_agent.server.Agent until an agent binds them) and, when operations_dir is
     given, the site modules in it.
 
-    A module that fails to import is reported on stderr and left out; the others still load.
+    Families are imported when one of their operations is first asked for (or on describe()/names()):
+    a module that fails to import is reported on stderr then and left out; the others still load.
     """
     import mdp_operations
 
@@ -310,22 +368,10 @@ def load_default_registry(allow=("*",), enable_mutating=False, operations_dir=No
         registry.register(name, types.MethodType(getattr(Agent, method), outside), **flags)
     for info in sorted(pkgutil.iter_modules(mdp_operations.__path__), key=lambda i: i[1]):
         family = info[1]
-        if family.startswith("_"):
-            continue
-        try:
-            module = importlib.import_module("mdp_operations." + family)
-        except Exception as exc:  # noqa: BLE001 - one broken family must not take the others down
-            sys.stderr.write("mdp-agent: skipping operations module {}: {}: {}\n".format(
-                family, type(exc).__name__, exc))
-            continue
-        for name, func in _public_functions(module):
-            registry.register(family + "." + name, func,
-                              mutating=getattr(func, "mdp_mutating", False),
-                              inline=getattr(func, "mdp_inline", False))
+        if not family.startswith("_"):
+            registry.add_family(family, "mdp_operations." + family)
     for alias, target in sorted(LEGACY_ALIASES.items()):
-        operation = registry._operations.get(target)
-        if operation is not None:
-            registry.register(alias, operation.func, operation.mutating, operation.inline)
+        registry.add_alias(alias, target)
     if operations_dir:
         registry.load_site_modules(operations_dir)
     return registry

@@ -6,7 +6,6 @@ where these may look; a path is checked after resolving symlinks, so a link cann
 
 import base64
 import binascii
-import calendar
 import os
 import re
 import stat as stat_module
@@ -145,11 +144,23 @@ def _children(data, start, end):
 
 
 def _time(tag, raw):
+    """Epoch seconds of a UTCTime (0x17) or GeneralizedTime (0x18), both in UTC ("Z").
+
+    Computed here (days from the civil date, proleptic Gregorian) rather than with calendar or
+    time.strptime, whose imports would cost the agent's start-up more than this whole module.
+    """
     text = raw.decode("ascii")
     if tag == 0x17:   # UTCTime YYMMDDHHMMSSZ: 50-99 are 19xx (RFC 5280 4.1.2.5.1)
-        year = int(text[:2])
-        text = ("19" if year >= 50 else "20") + text
-    return calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S"))
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    if len(text) < 15 or not text[:14].isdigit():
+        raise ValueError("bad certificate time %r" % text)
+    year, month, day = int(text[:4]), int(text[4:6]), int(text[6:8])
+    hour, minute, second = int(text[8:10]), int(text[10:12]), int(text[12:14])
+    y = year - (1 if month <= 2 else 0)
+    era, yoe = y // 400, y % 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
 
 
 def _common_name(data, start, end):

@@ -226,6 +226,7 @@ def extra_families(tmp_path, monkeypatch):
 
 def test_broken_module_is_skipped_and_reported(extra_families, capsys):
     reg = load_default_registry()
+    reg.names()   # families load on first use; names() and describe() load them all
     err = capsys.readouterr().err
     assert "skipping operations module zzbroken" in err and "mdp_no_such_module" in err
     assert reg.lookup("zzgood.hello").call({"who": "fleet"}) == "hello fleet"
@@ -370,3 +371,19 @@ def test_site_modules_writable_by_others_are_refused(site_dir):
 def test_missing_operations_dir_is_no_error(tmp_path):
     reg = load_default_registry(operations_dir=str(tmp_path / "absent"))
     assert reg.site_modules == {"loaded": [], "failed": {}}
+
+
+def test_families_load_on_first_use(monkeypatch):
+    """Start-up compiles only what runs: a fresh registry imports a family when asked for it."""
+    for name in [m for m in sys.modules if m.startswith("mdp_operations.") and m != "mdp_operations._host"]:
+        monkeypatch.delitem(sys.modules, name)
+    reg = load_default_registry()
+    assert "mdp_operations.hardware" not in sys.modules
+    assert reg.lookup("ping").call(None)["reply"] == "pong"
+    assert "mdp_operations.system" in sys.modules and "mdp_operations.hardware" not in sys.modules
+    assert reg.lookup("hardware.cpu")
+    assert "mdp_operations.hardware" in sys.modules
+    with pytest.raises(OperationError) as err:
+        reg.lookup("hardware.no_such")
+    assert err.value.code == "unknown_operation"
+    assert "packages.installed" in reg.names()
