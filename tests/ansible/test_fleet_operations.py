@@ -135,7 +135,10 @@ def test_every_new_operation_answers_on_each_suite(site):
         assert ops["packages.installed"]["result"]["total"] > 50
         assert ops["files.stat"]["result"]["sha256"]
         assert ops["files.certificates"]["result"]["certificates"], suites[ip]
-    print(json.dumps(summary, indent=1))
+    print("answered per suite:", json.dumps(summary, indent=1))
+    bookworm = next(ip for ip, suite in suites.items() if suite == "bookworm")
+    for name in ("service.list", "service.failed", "packages.upgradable", "clock.sync", "logs.kernel"):
+        print("sample", name, json.dumps(answers[bookworm][name])[:600])
 
 
 def test_site_operations_load_and_failures_are_counted(site):
@@ -197,3 +200,4 @@ def test_restart_really_restarts_when_the_role_enables_mutating(site):
         assert after["MainPID"] != before[host.ip]["MainPID"], host.suite
         assert after["ActiveEnterTimestamp"] != before[host.ip]["ActiveEnterTimestamp"], host.suite
         assert op["result"]["pid"] == int(after["MainPID"])
+        print("sample service.restart", host.suite, json.dumps(op)[:600])
