@@ -30,7 +30,13 @@ PING_EVERY_S = 0.002   # resend gap: small next to the start-up time measured
 RUN_TIMEOUT_S = 10.0
 
 
-def one_run(python: str, src: Path, state: Path, keys: protocol.KeyPair, ip: str, port: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (/proc/PID/schedstat, nanoseconds): steady on a busy machine."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def one_run(python: str, src: Path, state: Path, keys: protocol.KeyPair, ip: str, port: int) -> tuple[float, float]:
+    """(wall seconds from spawn to the first verified ping reply, the agent's CPU seconds by then)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((ip, 0))
@@ -49,7 +55,7 @@ def one_run(python: str, src: Path, state: Path, keys: protocol.KeyPair, ip: str
             except (TimeoutError, ConnectionRefusedError):
                 continue
             protocol.open_datagram(data, keys, protocol.TO_CONTROLLER)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, cpu_seconds(proc.pid)
         raise RuntimeError("the agent did not answer within %g s" % RUN_TIMEOUT_S)
     finally:
         proc.terminate()
@@ -86,12 +92,15 @@ def main() -> None:
         subprocess.run([args.python, "-m", "mdp_agent", "--init-only", "--state-dir", str(state)], check=True,
                        env={"PYTHONPATH": str(src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         keys = protocol.KeyPair(protocol.parse_key_text((state / "agent.key").read_text()))
-        times = [one_run(args.python, src, state, keys, ip, port) * 1000 for _ in range(args.runs)]
+        runs = [one_run(args.python, src, state, keys, ip, port) for _ in range(args.runs)]
+        times = [wall * 1000 for wall, _ in runs]
+        cpu = [used * 1000 for _, used in runs]
         loads = [registry_load_ms(args.python, src) for _ in range(args.runs)]
     print("python: %s (%s)" % (args.python, subprocess.run([args.python, "--version"], capture_output=True,
                                                           text=True).stdout.strip()))
     print("agent start -> first ping reply: median %.1f ms, min %.1f, max %.1f (%d runs, %d cores)"
           % (statistics.median(times), min(times), max(times), len(times), os.cpu_count()))
+    print("agent CPU time until that reply: median %.1f ms, min %.1f" % (statistics.median(cpu), min(cpu)))
     print("agent source: %s" % args.agent_src.resolve())
     print("load_default_registry(), fresh interpreter, no bytecode: wall median %.1f ms, CPU median %.1f ms"
           " (min %.1f)" % (statistics.median(w for w, _ in loads), statistics.median(c for _, c in loads),
