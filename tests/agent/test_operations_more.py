@@ -153,6 +153,22 @@ def test_clock_sync_names_the_daemon_from_the_process_table(tmp_path):
     assert result["synchronized"] is None   # another machine's tree: its kernel cannot be asked
 
 
+def test_clock_sync_where_a_container_refuses_adjtimex(monkeypatch, tmp_path):
+    """Seen on the nspawn fleet: adjtimex answers EPERM; timedatectl (a stand-in here) still knows."""
+    def refused():
+        raise PermissionError(1, "adjtimex failed")
+    fake = tmp_path / "timedatectl"
+    fake.write_text("#!/bin/sh\necho yes\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(clock, "_adjtimex", refused)
+    monkeypatch.setattr(_host, "find_program", lambda name, dirs=None: str(fake) if name == "timedatectl" else None)
+    result = clock.sync()
+    assert result["synchronized"] is True and result["clock_state"] is None
+    assert "adjtimex failed" in result["kernel_error"]
+    monkeypatch.setattr(_host, "find_program", lambda name, dirs=None: None)
+    assert clock.sync()["synchronized"] is None
+
+
 def test_clock_sync_on_this_machine_reads_the_kernel():
     result = clock.sync()
     assert isinstance(result["synchronized"], bool)
