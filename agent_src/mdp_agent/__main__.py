@@ -43,6 +43,13 @@ def build_parser():
     return p
 
 
+def load_registry(settings):
+    """The operations this agent runs, site modules included, and the paths file operations may read."""
+    from mdp_operations import _host
+    _host.configure_paths(settings["file_paths"], settings["cert_paths"])
+    return load_default_registry(settings["allow"], settings["enable_mutating"], settings["operations_dir"])
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     overrides = {"bind": args.bind, "port": args.port, "state_dir": args.state_dir, "monitor": args.monitor,
@@ -77,7 +84,7 @@ def main(argv=None):
 
     loop = Loop()
     pool = WorkerPool(loop, settings["workers"])
-    registry = load_default_registry(settings["allow"], settings["enable_mutating"])
+    registry = load_registry(settings)
     cluster = None
     try:
         from .cluster import ClusterManager
@@ -104,7 +111,7 @@ def main(argv=None):
                 fresh[name] = settings[name]
         settings.update(fresh)
         logging.getLogger().setLevel(settings["log_level"].upper())
-        agent.registry = load_default_registry(settings["allow"], settings["enable_mutating"])
+        agent.registry = load_registry(settings)
         agent.register_internal_operations()
         agent.configure_reporting()
         log.info("SIGHUP: configuration reloaded from %s", args.config)

@@ -25,6 +25,11 @@ SETTINGS = {
     "operation_timeout": (10.0, float),       # seconds before an operation's result becomes "timeout"
     "replay_window": (protocol.DEFAULT_REPLAY_WINDOW_S, float),
     "log_level": ("info", str),
+    # Site operation modules (NAME.py -> NAME.function), loaded at start and on SIGHUP.
+    "operations_dir": ("/etc/mdp/operations.d", str),
+    # Where files.stat may look (nothing unless set) and files.certificates looks for certificates.
+    "file_paths": ("", list),
+    "cert_paths": ("/etc/letsencrypt/live, /etc/ssl/certs/ssl-cert-snakeoil.pem", list),
 }
 CLUSTER_SECTION = "cluster"   # passed as a plain dict to the cluster manager
 
@@ -93,6 +98,12 @@ def validate(s):
         raise ConfigError("log_level must be debug, info, warning or error")
     if not os.path.isabs(s["state_dir"]):
         raise ConfigError("state_dir must be an absolute path, not %r" % s["state_dir"])
+    if s["operations_dir"] and not os.path.isabs(s["operations_dir"]):
+        raise ConfigError("operations_dir must be an absolute path (or empty for none), not %r" % s["operations_dir"])
+    for name in ("file_paths", "cert_paths"):
+        for item in s[name]:
+            if not os.path.isabs(item):
+                raise ConfigError("%s must list absolute paths, not %r" % (name, item))
 
 
 def parse_hostport(text, default_port=12345):

@@ -124,11 +124,9 @@ class Agent(object):
         self.register_internal_operations()
 
     def register_internal_operations(self):
-        """Operations that read or change this agent's own state; they run on the loop (cheap)."""
-        self.registry.register("agent.stats", self.op_stats, inline=True)
-        self.registry.register("report.subscribe", self.op_subscribe, inline=True)
-        self.registry.register("report.unsubscribe", self.op_unsubscribe, inline=True)
-        self.registry.register("report.subscriptions", self.op_subscriptions, inline=True)
+        """Operations that read or change this agent's own state (registry.AGENT_OPERATIONS lists
+        them and their flags); they run on the loop (cheap)."""
+        self.registry.register_agent_operations(self)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -440,7 +438,11 @@ class Agent(object):
     # --- agent-internal operations (registered in __init__) --------------------------------------
 
     def op_stats(self):
-        """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason."""
+        """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason.
+
+        Also "site_modules": {"loaded": [file names], "failed": {file name: why}, "failed_count"}
+        for the modules of operations_dir.
+        """
         out = dict(self.stats)
         out["dropped"] = dict(self.stats["dropped"])
         endpoint = self.endpoint
@@ -449,6 +451,9 @@ class Agent(object):
                    known_addresses=len(endpoint.addresses), spooled_reports=len(self.spool),
                    spool_bytes=self.spool.size, spool_dropped=self.spool.dropped,
                    subscriptions=len(self.subscriptions), enrolled=self.enrolled)
+        site = self.registry.site_modules
+        out["site_modules"] = {"loaded": list(site["loaded"]), "failed": dict(site["failed"]),
+                               "failed_count": len(site["failed"])}
         return out
 
     def op_subscribe(self, operations, every=60):

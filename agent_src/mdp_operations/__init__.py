@@ -3,7 +3,15 @@
 Its docstring is the hint users see: the first line is a one-line summary, then the arguments and
 the shape of the result. Arguments are keyword arguments with JSON-typed defaults; results are
 JSON-serialisable. Modules whose names start with "_" are helpers, not families.
+
+Site modules in /etc/mdp/operations.d use the same decorators (`from mdp_operations import mutating`)
+or set the attribute themselves (`func.mdp_mutating = True`).
 """
+
+
+class NotAvailable(Exception):
+    """What the operation needs is not on this machine (no smartctl, no journal...): error code
+    "not_available", which callers can tell apart from a failure."""
 
 
 def mutating(func):

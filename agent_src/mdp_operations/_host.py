@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 
-_REAL = {"proc": "/proc", "sys": "/sys", "etc": "/etc"}
+_REAL = {"proc": "/proc", "sys": "/sys", "etc": "/etc", "var": "/var", "run": "/run", "dev": "/dev"}
 _roots = dict(_REAL)
 _lock = threading.Lock()
 
@@ -21,11 +21,22 @@ MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "
 MAX_OUTPUT = 64 * 1024
 
 
-def set_roots(proc=None, sys=None, etc=None):
+# Paths the agent config allows files.stat and files.certificates to read (file_paths, cert_paths).
+allowed_paths = {"files": (), "certs": ()}
+
+
+def configure_paths(files=(), certs=()):
+    """Set the allowed paths from the agent config (at start and on SIGHUP)."""
+    allowed_paths["files"] = tuple(files)
+    allowed_paths["certs"] = tuple(certs)
+
+
+def set_roots(proc=None, sys=None, etc=None, var=None, run=None, dev=None):
     """Point reads at other trees (None keeps the current one); returns the previous roots."""
     with _lock:
         previous = dict(_roots)
-        for key, value in (("proc", proc), ("sys", sys), ("etc", etc)):
+        for key, value in (("proc", proc), ("sys", sys), ("etc", etc), ("var", var), ("run", run),
+                           ("dev", dev)):
             if value is not None:
                 _roots[key] = value
         return previous
@@ -36,8 +47,8 @@ def reset_roots():
 
 
 @contextlib.contextmanager
-def roots(proc=None, sys=None, etc=None):
-    previous = set_roots(proc, sys, etc)
+def roots(proc=None, sys=None, etc=None, var=None, run=None, dev=None):
+    previous = set_roots(proc, sys, etc, var, run, dev)
     try:
         yield
     finally:
@@ -55,7 +66,7 @@ def identity():
 
 
 def path(kind, *parts):
-    """Host path for kind ('proc', 'sys' or 'etc') and parts below it."""
+    """Host path for kind ('proc', 'sys', 'etc', 'var', 'run' or 'dev') and parts below it."""
     return os.path.join(_roots[kind], *parts)
 
 
@@ -101,25 +112,27 @@ def clock_ticks():
     return os.sysconf("SC_CLK_TCK")
 
 
-def run(argv, timeout=5.0):
+def run(argv, timeout=5.0, max_output=MAX_OUTPUT, keep_end=False, merge_stderr=True):
     """Run argv (a list, never a shell) with the minimal environment and a timeout.
 
-    Returns (exit_code, output_text) with stderr merged and output bounded by MAX_OUTPUT.
+    Returns (exit_code, output_text) with stderr merged (unless merge_stderr is false: then it is
+    dropped) and output bounded by max_output bytes: its start, or its end when keep_end (logs).
     Raises OSError when the program cannot be started, and subprocess.TimeoutExpired after
     killing it when it runs past timeout.
     """
     # Its own session, so a timeout kills everything it started: a grandchild left holding the
     # output pipe would otherwise keep us waiting.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=MINIMAL_ENV, close_fds=True,
-                            start_new_session=True)
+                            stderr=subprocess.STDOUT if merge_stderr else subprocess.DEVNULL,
+                            env=MINIMAL_ENV, close_fds=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    return proc.returncode, out[:MAX_OUTPUT].decode("utf-8", "replace")
+    out = out[-max_output:] if keep_end else out[:max_output]
+    return proc.returncode, out.decode("utf-8", "replace")
 
 
 def find_program(name, dirs=("/usr/sbin", "/usr/bin", "/sbin", "/bin")):
@@ -129,3 +142,28 @@ def find_program(name, dirs=("/usr/sbin", "/usr/bin", "/sbin", "/bin")):
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def read_tail(max_bytes, kind, *parts):
+    """The last max_bytes of a host file as text (whole lines only when it was cut), or None if absent."""
+    try:
+        with open(path(kind, *parts), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except OSError:
+        return None
+    if size > max_bytes:
+        data = data.partition(b"\n")[2]  # the first line was cut in the middle
+    return data.decode("utf-8", "replace")
+
+
+def processes_named(names):
+    """{name: pid} of running processes whose comm is in names (first found of each)."""
+    found = {}
+    for pid in pids():
+        comm = read_or("", "proc", str(pid), "comm").strip()
+        if comm in names and comm not in found:
+            found[comm] = pid
+    return found

@@ -10,7 +10,7 @@ import socket
 import struct
 import time
 
-from . import _host, load, memory
+from . import _host, _procfs, load, memory
 
 # Hard floors: below these a machine cannot hold a synced folder, whatever else it has.
 MIN_FREE_DISK = 256 * 1024 * 1024        # one ordinary upload burst would fill it
@@ -96,11 +96,8 @@ def _link(interface):
     """(speed in Mbit/s or None, share of it in use 0..1 or None) measured over LINK_SAMPLE_S."""
     if not interface:
         return None, None
-    try:
-        speed = int(_host.read_or("", "sys", "class", "net", interface, "speed").strip())
-    except ValueError:
-        speed = None
-    if not speed or speed <= 0:
+    speed = _procfs.link_speed(interface)
+    if speed is None:
         return None, None
 
     def octets():

@@ -1,4 +1,4 @@
-"""Parsers for /proc files that more than one family reads."""
+"""Parsers for /proc and /sys files that more than one family reads."""
 
 from . import _host
 
@@ -44,3 +44,21 @@ def meminfo():
         value = int(parts[0])
         result[key.strip()] = value * 1024 if parts[1:] == ["kB"] else value
     return result
+
+
+# What drivers print for "speed unknown": SPEED_UNKNOWN is -1, printed unsigned by kernels
+# before 4.x (4294967295), and 65535 by some older drivers.
+UNKNOWN_SPEEDS = (65535, 4294967295)
+
+
+def link_speed(interface):
+    """Mbit/s of an interface from /sys/class/net/NAME/speed, or None when the driver does not know.
+
+    Virtual NICs answer EINVAL or -1; kernel 3.13 prints -1 as 4294967295.
+    """
+    text = _host.read_or("", "sys", "class", "net", interface, "speed").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return None if value <= 0 or value in UNKNOWN_SPEEDS else value

@@ -5,7 +5,7 @@ import fcntl
 import socket
 import struct
 
-from . import _host
+from . import _host, _procfs
 
 # ioctl request numbers from <linux/sockios.h>; the kernel has no file that lists IPv4 addresses
 # per interface (fib_trie lacks interface names), so these are the ioctl-free way's only gap.
@@ -21,21 +21,11 @@ _UDP_UNCONNECTED = "07"
 MAX_SOCKETS = 500
 
 
-# What drivers print for "speed unknown": SPEED_UNKNOWN is -1, printed unsigned by kernels
-# before 4.x (4294967295), and 65535 by some older drivers.
-_UNKNOWN_SPEEDS = (65535, 4294967295)
-
-
 def _int_or_none(text):
     try:
         return int(text.strip())
     except ValueError:
         return None
-
-
-def _speed(text):
-    value = _int_or_none(text)
-    return None if value is None or value < 0 or value in _UNKNOWN_SPEEDS else value
 
 
 def _ipv4(name):
@@ -89,7 +79,7 @@ def interfaces():
             "mac": attr("address") or None,
             "mtu": _int_or_none(attr("mtu")),
             "state": attr("operstate") or None,
-            "speed_mbps": _speed(attr("speed")),
+            "speed_mbps": _procfs.link_speed(name),
             "duplex": attr("duplex") or None,
             "ipv4": _ipv4(name),
             "ipv6": ipv6.get(name, []),
@@ -194,3 +184,136 @@ def listening(resolve_processes=True, port=None):
         for entry in entries:
             entry["pid"], entry["process"] = owners.get(entry["inode"], (None, None))
     return {"sockets": entries, "total": total, "truncated": total > len(entries)}
+
+
+# include/net/tcp_states.h, as /proc/net/tcp prints them (hex).
+TCP_STATES = {"01": "established", "02": "syn_sent", "03": "syn_recv", "04": "fin_wait1", "05": "fin_wait2",
+              "06": "time_wait", "07": "close", "08": "close_wait", "09": "last_ack", "0A": "listen",
+              "0B": "closing", "0C": "new_syn_recv"}
+# Bounds: a busy proxy has hundreds of thousands of sockets (tens of MB of /proc/net/tcp): count at
+# most MAX_SCAN_SOCKETS, and name only the busiest remotes.
+MAX_SCAN_SOCKETS = 200000
+MAX_TOP = 100
+MAX_ROUTES = 1000        # a full BGP table has ~1 M routes; a diagnostics reply needs the first ones
+
+
+def connections(top=10):
+    """TCP connections counted by state and by remote address (IPv4 and IPv6), as `ss -s` and `ss -tn`.
+
+    top: how many of the busiest remote addresses to name, 0-100. Counts at most 200,000 sockets.
+    Returns {"total", "by_state": {"established": n, "time_wait": n, "listen": n, ...},
+    "top_remotes": [{"address", "connections"}] (listening and unconnected sockets left out),
+    "truncated"}. Example: {"total": 42, "by_state": {"established": 30, "listen": 8,
+    "time_wait": 4}, "top_remotes": [{"address": "10.0.0.9", "connections": 12}], "truncated": false}.
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
+        raise ValueError("top must be an integer from 0 to %d" % MAX_TOP)
+    by_state, remotes, total, truncated = {}, {}, 0, False
+    for proto in ("tcp", "tcp6"):
+        try:
+            handle = open(_host.path("proc", "net", proto), "rb")
+        except OSError:
+            continue
+        with handle:
+            handle.readline()   # header
+            for raw in handle:
+                if total >= MAX_SCAN_SOCKETS:
+                    truncated = True
+                    break
+                parts = raw.split(None, 4)
+                if len(parts) < 4:
+                    continue
+                total += 1
+                state = TCP_STATES.get(parts[3].decode("ascii", "replace").upper(), parts[3].decode("ascii", "replace"))
+                by_state[state] = by_state.get(state, 0) + 1
+                if state != "listen":
+                    address = _address(parts[2].rpartition(b":")[0].decode("ascii"))
+                    if address not in ("0.0.0.0", "::"):
+                        remotes[address] = remotes.get(address, 0) + 1
+    busiest = sorted(remotes.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return {"total": total, "by_state": by_state,
+            "top_remotes": [{"address": a, "connections": n} for a, n in busiest], "truncated": truncated}
+
+
+def _route_flags(value):
+    # include/uapi/linux/route.h: U(p) G(ateway) H(ost) ... as `route -n` prints them.
+    return "".join(letter for bit, letter in ((0x1, "U"), (0x2, "G"), (0x4, "H"), (0x10, "D"), (0x20, "M"),
+                                              (0x200, "!")) if value & bit)
+
+
+def routes():
+    """The kernel's IPv4 and IPv6 routing tables (main table), as `ip route` and `ip -6 route`.
+
+    No arguments. Returns {"ipv4": [{"interface", "destination", "prefix", "gateway" (null when
+    on-link), "metric", "flags"}], "ipv6": [...same fields], "truncated"}; at most 1000 routes
+    each. Example: {"ipv4": [{"interface": "eth0", "destination": "0.0.0.0", "prefix": 0,
+    "gateway": "10.0.2.2", "metric": 100, "flags": "UG"}, ...], "ipv6": [...], "truncated": false}.
+    """
+    ipv4, ipv6, truncated = [], [], False
+    for line in _host.read_or("", "proc", "net", "route").splitlines()[1:]:
+        f = line.split()
+        if len(f) < 8:
+            continue
+        if len(ipv4) >= MAX_ROUTES:
+            truncated = True
+            break
+        mask = int(f[7], 16)
+        gateway = _address(f[2])
+        ipv4.append({"interface": f[0], "destination": _address(f[1]), "prefix": bin(mask).count("1"),  # noqa: FURB161
+                     "gateway": None if gateway == "0.0.0.0" else gateway, "metric": int(f[6]),
+                     "flags": _route_flags(int(f[3], 16))})
+    for line in _host.read_or("", "proc", "net", "ipv6_route").splitlines():
+        f = line.split()
+        if len(f) < 10:
+            continue
+        if len(ipv6) >= MAX_ROUTES:
+            truncated = True
+            break
+        # ipv6_route prints addresses as 32 hex digits in network order (unlike /proc/net/tcp6).
+        dest = socket.inet_ntop(socket.AF_INET6, binascii.unhexlify(f[0]))
+        gateway = socket.inet_ntop(socket.AF_INET6, binascii.unhexlify(f[4]))
+        ipv6.append({"interface": f[9], "destination": dest, "prefix": int(f[1], 16),
+                     "gateway": None if gateway == "::" else gateway, "metric": int(f[5], 16),
+                     "flags": _route_flags(int(f[8], 16))})
+    return {"ipv4": ipv4, "ipv6": ipv6, "truncated": truncated}
+
+
+_RESOLVED_STUB = "127.0.0.53"
+MAX_RESOLV_ENTRIES = 32   # resolv(5) uses 3 nameservers and 6 search domains; keep what is written
+
+
+def _resolv_conf(kind, *parts):
+    text = _host.read_or(None, kind, *parts)
+    if text is None:
+        return None
+    conf = {"nameservers": [], "search": [], "options": []}
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) < 2:
+            continue
+        if words[0] == "nameserver":
+            conf["nameservers"].append(words[1])
+        elif words[0] in ("search", "domain"):
+            conf["search"] = words[1:]     # the last search/domain line wins, as in the resolver
+        elif words[0] == "options":
+            conf["options"].extend(words[1:])
+    return {key: values[:MAX_RESOLV_ENTRIES] for key, values in conf.items()}
+
+
+def dns():
+    """The DNS resolvers this machine asks, from /etc/resolv.conf (and systemd-resolved's upstream).
+
+    No arguments. Returns {"nameservers", "search", "options", "upstream": the servers behind
+    systemd-resolved's stub 127.0.0.53 (from /run/systemd/resolve/resolv.conf) or null}.
+    Example: {"nameservers": ["127.0.0.53"], "search": ["example.com"], "options": ["edns0"],
+    "upstream": ["10.0.0.2"]}. On trusty, resolvconf with dnsmasq shows 127.0.1.1.
+    """
+    conf = _resolv_conf("etc", "resolv.conf")
+    if conf is None:
+        conf = {"nameservers": [], "search": [], "options": []}
+    upstream = None
+    if _RESOLVED_STUB in conf["nameservers"]:
+        behind = _resolv_conf("run", "systemd", "resolve", "resolv.conf")
+        upstream = behind["nameservers"] if behind else None
+    conf["upstream"] = upstream
+    return conf

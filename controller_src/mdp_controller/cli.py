@@ -383,14 +383,15 @@ def cmd_ops(args) -> int:
         described = reply["operations"][0]["result"]
     else:
         from mdp_agent.registry import load_default_registry
-        described = load_default_registry().describe()
+        # Every operation an agent can have, mutating ones included (marked), as a default agent knows them.
+        described = load_default_registry(enable_mutating=True).describe()
     if args.json:
         json.dump(described, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     width = max(len(op["name"]) for op in described)
     for op in described:
-        flag = " [mutating]" if op.get("mutating") else ""
+        flag = " [mutating]" if op.get("mutating") else " [changes agent state]" if op.get("changes_state") else ""
         print(f"{op['name']:<{width}}  {op.get('summary', '')}{flag}")
     return 0
 

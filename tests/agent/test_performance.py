@@ -161,3 +161,17 @@ def test_read_only_is_judged_from_the_hosts_mount_table(tmp_path):
         assert perf._host_read_only("/mnt/with space/x") is True
     with _host.roots(proc=str(tmp_path / "none")):
         assert perf._host_read_only("/") is None
+
+
+def test_trusty_unknown_link_speed_scores_half_not_full():
+    """Regression: kernel 3.13 prints SPEED_UNKNOWN as 4294967295 (trusty eth2); that is no speed.
+
+    The fixture routes 10.16.0.0/16 over eth2. Taken as 4 Tbit/s, the network part was 1.0.
+    """
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
+    with _host.roots(proc=os.path.join(fixtures, "proc", "trusty"), sys=os.path.join(fixtures, "sys", "trusty")):
+        assert perf._route_interface("10.16.3.4") == "eth2"
+        assert perf._link("eth2") == (None, None)
+        link_mbps, link_use = perf._link(perf._route_interface("10.16.3.4"))
+    _, parts = perf.score(machine(link_mbps=link_mbps, link_use=link_use))
+    assert parts["network"] == perf.UNKNOWN_LINK == 0.5

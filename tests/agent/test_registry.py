@@ -1,6 +1,7 @@
 """The operation registry: allowlisting, the mutating switch, argument checking, error mapping,
 loading of the operation families (including a broken one), and the legacy bare names."""
 
+import inspect
 import sys
 import textwrap
 
@@ -142,7 +143,7 @@ def test_mutating_operations_need_the_switch():
     on.register("t.reboot", reboot, mutating=True)
     assert on.lookup("t.reboot").call(None) == "rebooting"
     assert {"name": "t.reboot", "summary": "Restart the machine (pretend).",
-            "doc": "Restart the machine (pretend).", "mutating": True} in on.describe()
+            "doc": "Restart the machine (pretend).", "mutating": True, "changes_state": False} in on.describe()
 
 
 def test_mutating_still_needs_the_allow_list():
@@ -225,6 +226,7 @@ def extra_families(tmp_path, monkeypatch):
 
 def test_broken_module_is_skipped_and_reported(extra_families, capsys):
     reg = load_default_registry()
+    reg.names()   # families load on first use; names() and describe() load them all
     err = capsys.readouterr().err
     assert "skipping operations module zzbroken" in err and "mdp_no_such_module" in err
     assert reg.lookup("zzgood.hello").call({"who": "fleet"}) == "hello fleet"
@@ -233,3 +235,155 @@ def test_broken_module_is_skipped_and_reported(extra_families, capsys):
         reg.lookup("zzgood.wipe")
     assert e.value.code == "not_allowed"
     assert load_default_registry(enable_mutating=True).lookup("zzgood.wipe").mutating is True
+
+
+# --- the agent's own operations, as the controller describes them ------------------------------------
+
+def test_controller_registry_describes_the_agents_own_operations_from_the_agent_class():
+    from mdp_agent.server import Agent
+
+    described = {d["name"]: d for d in load_default_registry().describe()}
+    for name, method, changes in (("report.subscribe", "op_subscribe", True),
+                                  ("report.unsubscribe", "op_unsubscribe", True),
+                                  ("report.subscriptions", "op_subscriptions", False),
+                                  ("agent.stats", "op_stats", False)):
+        entry = described[name]
+        assert entry["doc"] == inspect.cleandoc(getattr(Agent, method).__doc__)  # one copy of the hint
+        assert entry["changes_state"] is changes and entry["mutating"] is False
+    # Outside an agent they cannot run, and say so.
+    with pytest.raises(OperationError) as err:
+        load_default_registry().lookup("agent.stats").call(None)
+    assert err.value.code == "not_available"
+    # The signature is the method's, without self.
+    with pytest.raises(OperationError) as err:
+        load_default_registry().lookup("report.subscribe").check_arguments({"every": 5})
+    assert "missing required argument 'operations'" in err.value.message
+
+
+def test_an_agent_binds_its_operations_over_the_descriptions():
+    class Fake(object):
+        stats = {"x": 1}
+
+        def op_stats(self):
+            """Counters."""
+            return self.stats
+
+        op_subscribe = op_unsubscribe = op_subscriptions = op_stats
+
+    registry = load_default_registry()
+    registry.register_agent_operations(Fake())
+    assert registry.lookup("agent.stats").call(None) == {"x": 1}
+    assert registry.lookup("report.subscribe").changes_state is True
+
+
+def test_not_available_becomes_its_own_error_code():
+    def needs_tool():
+        """Needs a tool this machine lacks."""
+        raise mdp_operations.NotAvailable("smartctl is not installed")
+
+    reg = Registry()
+    reg.register("t.tool", needs_tool)
+    with pytest.raises(OperationError) as err:
+        reg.lookup("t.tool").call(None)
+    assert (err.value.code, err.value.message) == ("not_available", "t.tool: smartctl is not installed")
+
+
+# --- site operations (operations_dir) -------------------------------------------------------------
+
+SITE_GOOD = '''
+"""Site checks."""
+from mdp_operations import mutating
+
+def queue_depth(name="default"):
+    """Jobs waiting in a site queue.
+
+    name: the queue. Returns {"name", "depth"}.
+    """
+    return {"name": name, "depth": 3}
+
+@mutating
+def flush(name="default"):
+    """Empty a site queue (mutating)."""
+    return True
+
+def _helper():
+    return 1
+'''
+
+
+@pytest.fixture
+def site_dir(tmp_path):
+    directory = tmp_path / "operations.d"
+    directory.mkdir()
+    (directory / "sitequeue.py").write_text(SITE_GOOD)
+    return directory
+
+
+def test_site_module_functions_become_operations_with_their_docstrings(site_dir):
+    reg = load_default_registry(operations_dir=str(site_dir))
+    assert reg.lookup("sitequeue.queue_depth").call({"name": "mail"}) == {"name": "mail", "depth": 3}
+    described = {d["name"]: d for d in reg.describe()}
+    assert described["sitequeue.queue_depth"]["summary"] == "Jobs waiting in a site queue."
+    assert "sitequeue._helper" not in reg.names() and "sitequeue.mutating" not in reg.names()
+    assert reg.site_modules == {"loaded": ["sitequeue.py"], "failed": {}}
+    with pytest.raises(OperationError) as err:  # the mutating switch holds for site operations too
+        reg.lookup("sitequeue.flush")
+    assert err.value.code == "not_allowed"
+    assert load_default_registry(enable_mutating=True, operations_dir=str(site_dir)).lookup(
+        "sitequeue.flush").call(None) is True
+    with pytest.raises(OperationError):  # and so does the allow list
+        load_default_registry(allow=["system.*"], operations_dir=str(site_dir)).lookup("sitequeue.queue_depth")
+
+
+def test_broken_site_modules_are_reported_and_the_rest_still_load(site_dir):
+    (site_dir / "syntaxerr.py").write_text("def broken(:\n")
+    (site_dir / "raises.py").write_text("raise RuntimeError('no database here')\n")
+    (site_dir / "empty.py").write_text("X = 1\n")
+    (site_dir / "bad-name.py").write_text("def f():\n    '''F.'''\n")
+    (site_dir / "notes.txt").write_text("not python, ignored\n")
+    reg = load_default_registry(operations_dir=str(site_dir))
+    failed = reg.site_modules["failed"]
+    assert sorted(failed) == ["bad-name.py", "empty.py", "raises.py", "syntaxerr.py"]
+    assert "SyntaxError" in failed["syntaxerr.py"]
+    assert "RuntimeError: no database here" in failed["raises.py"]
+    assert "no public function" in failed["empty.py"]
+    assert reg.site_modules["loaded"] == ["sitequeue.py"]
+    assert reg.lookup("sitequeue.queue_depth") and reg.lookup("memory.info")
+
+
+def test_site_modules_cannot_shadow_built_in_operations(site_dir):
+    (site_dir / "system.py").write_text("def info():\n    '''Fake.'''\n    return 'fake'\n")
+    (site_dir / "report.py").write_text("def extra():\n    '''Another report op.'''\n")
+    reg = load_default_registry(operations_dir=str(site_dir))
+    assert "would shadow built-in operation(s)" in reg.site_modules["failed"]["system.py"]
+    assert "report.subscribe" in reg.site_modules["failed"]["report.py"]
+    assert reg.lookup("system.info").call(None) != "fake"
+
+
+def test_site_modules_writable_by_others_are_refused(site_dir):
+    (site_dir / "loose.py").write_text("def f():\n    '''F.'''\n    return 1\n")
+    (site_dir / "loose.py").chmod(0o666)
+    reg = load_default_registry(operations_dir=str(site_dir))
+    assert "writable by no one else" in reg.site_modules["failed"]["loose.py"]
+    assert "loose.f" not in reg.names()
+
+
+def test_missing_operations_dir_is_no_error(tmp_path):
+    reg = load_default_registry(operations_dir=str(tmp_path / "absent"))
+    assert reg.site_modules == {"loaded": [], "failed": {}}
+
+
+def test_families_load_on_first_use(monkeypatch):
+    """Start-up compiles only what runs: a fresh registry imports a family when asked for it."""
+    for name in [m for m in sys.modules if m.startswith("mdp_operations.") and m != "mdp_operations._host"]:
+        monkeypatch.delitem(sys.modules, name)
+    reg = load_default_registry()
+    assert "mdp_operations.hardware" not in sys.modules
+    assert reg.lookup("ping").call(None)["reply"] == "pong"
+    assert "mdp_operations.system" in sys.modules and "mdp_operations.hardware" not in sys.modules
+    assert reg.lookup("hardware.cpu")
+    assert "mdp_operations.hardware" in sys.modules
+    with pytest.raises(OperationError) as err:
+        reg.lookup("hardware.no_such")
+    assert err.value.code == "unknown_operation"
+    assert "packages.installed" in reg.names()

@@ -127,24 +127,38 @@ def test_check_mode_sends_nothing_that_changes_the_cluster(loopback_agent, clust
     assert loopback_agent.stats()["received"] == before + 1   # only the second agent.stats arrived
 
 
-def test_check_mode_holds_back_mutating_operations(monkeypatch):
-    """The plugin asks the agent's own registry which operations change the host (none of the
-    shipped ones is mutating today, so a real registry gets one registered here)."""
+def _action_plugin():
     import importlib.util
 
     from mdp_ansible import REPO
-
-    from mdp_agent.registry import Registry
 
     path = REPO / "collections/ansible_collections/mdp/core/plugins/action/mdp_send.py"
     spec = importlib.util.spec_from_file_location("mdp_send_action", path)
     plugin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plugin)
+    return plugin
 
+
+def test_check_mode_holds_back_mutating_operations(monkeypatch):
+    """The plugin asks the agent's own registry which operations change the host."""
+    from mdp_agent.registry import Registry
+
+    plugin = _action_plugin()
     registry = Registry(enable_mutating=True)
     registry.register("system.ping", lambda: "pong")
-    registry.register("service.restart", lambda name: None, mutating=True)
+    registry.register("t.restart", lambda name: None, mutating=True)
+    registry.register("t.remember", lambda: None, changes_state=True)
     monkeypatch.setattr(plugin, "load_default_registry", lambda enable_mutating: registry)
-    assert plugin.mutating_operations(["system.ping", {"name": "service.restart", "args": {"name": "x"}}]) == [
-        "service.restart"]
+    assert plugin.mutating_operations(["system.ping", {"name": "t.restart", "args": {"name": "x"}}, "t.remember"]) == [
+        "t.restart", "t.remember"]
     assert plugin.mutating_operations(["system.ping", "no.such"]) == []
+
+
+def test_check_mode_holds_back_the_shipped_service_control_and_subscriptions():
+    """The real registry, as the controller loads it: service control is mutating, report.subscribe
+    and report.unsubscribe change the agent's state; reads pass."""
+    plugin = _action_plugin()
+    asked = ["system.ping", "service.status", {"name": "service.restart", "args": {"name": "cron"}},
+             "service.stop", "report.subscribe", "report.unsubscribe", "report.subscriptions", "agent.stats"]
+    assert plugin.mutating_operations(asked) == ["service.restart", "service.stop", "report.subscribe",
+                                                 "report.unsubscribe"]

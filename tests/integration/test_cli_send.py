@@ -223,3 +223,17 @@ def test_ops_from_a_machine_lists_only_what_its_allow_list_permits(spawn_agent, 
     assert described["system.ping"]["summary"] == "Liveness check that does no work."
     refused = send(known_machines, port, "--json", "127.0.0.2", "load.avg")
     assert json.loads(refused.stdout)["127.0.0.2"]["operations"][0]["error"]["code"] == "not_allowed"
+
+
+def test_ops_without_a_machine_lists_the_agents_own_and_the_mutating_operations_with_their_flags():
+    """`mdp ops` from the controller's own registry: agent-internal operations are described too."""
+    out = run_mdp("ops", "--json")
+    assert out.returncode == 0, out.stderr
+    described = {op["name"]: op for op in json.loads(out.stdout)}
+    assert described["report.subscribe"]["changes_state"] is True
+    assert described["report.subscribe"]["summary"].startswith("Report operations to the monitoring host")
+    assert described["service.restart"]["mutating"] is True and described["agent.stats"]["changes_state"] is False
+    table = run_mdp("ops").stdout
+    assert any(line.startswith("service.restart") and line.endswith("[mutating]") for line in table.splitlines())
+    assert any(line.startswith("report.unsubscribe") and line.endswith("[changes agent state]")
+               for line in table.splitlines())

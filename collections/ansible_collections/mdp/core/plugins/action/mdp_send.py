@@ -69,9 +69,11 @@ def parse_operations(operations, cluster_info=None):
 
 
 def mutating_operations(operations):
-    """Requested operations that change the host, as the agent's own registry marks them."""
-    mutating = {op["name"] for op in load_default_registry(enable_mutating=True).describe() if op["mutating"]}
-    return [name for name in (protocol.parse_operation(op)[0] for op in operations) if name in mutating]
+    """Requested operations that change the host or the agent's own state (report.subscribe...),
+    as the agent's own registry marks them: check mode sends none of them."""
+    changing = {op["name"] for op in load_default_registry(enable_mutating=True).describe()
+                if op["mutating"] or op.get("changes_state")}
+    return [name for name in (protocol.parse_operation(op)[0] for op in operations) if name in changing]
 
 
 def describe_failure(reply):
