@@ -8,7 +8,7 @@ N ?= 3
 OLD_PY ?= $(shell ls -d /root/.pyenv/versions/3.* 2>/dev/null | sort -V | head -n1)/bin/python3
 OLD_VENV := .venv-oldpy
 
-.PHONY: setup demo demo-stop demo-local demo-local-stop ansible-216 test test-agent-oldpy lint vermin bench fleet-up fleet-down clean
+.PHONY: setup demo demo-stop demo-local demo-local-stop collection ansible-216 test test-agent-oldpy lint vermin bench fleet-up fleet-down clean
 
 setup: $(VENV)/.done
 
@@ -51,6 +51,11 @@ test: setup lint test-agent-oldpy
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# dist/mdp-core-VERSION.tar.gz: the collection with the agent source and the controller library's
+# wheel bundled in (ansible-galaxy collection install dist/mdp-core-*.tar.gz).
+collection: setup
+	bash scripts/build_collection.sh dist
 
 ansible-216: setup
 	bash tests/ansible/collection_tests.sh 2.16

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from mdp_ansible import REPO, run
 
-PLAYBOOKS = ["deploy.yml", "playbooks/send.yml", "playbooks/uninstall.yml", "playbooks/rotate_keys.yml"]
+PLAYBOOKS = ["deploy.yml", "playbooks/send.yml", "playbooks/uninstall.yml", "playbooks/rotate_keys.yml",
+             "playbooks/cluster.yml", "mdp.core.deploy", "mdp.core.cluster", "mdp.core.uninstall"]
 
 
 def test_ansible_lint_production_profile_is_clean():
@@ -32,7 +33,7 @@ def test_ansible_doc_shows_mdp_send(name):
 def test_role_argument_specs_are_documented():
     result = run(["ansible-doc", "-t", "role", "-l"])
     assert result.returncode == 0, result.stderr
-    for role in ("mdp_bootstrap", "mdp_agent", "mdp_monitor"):
+    for role in ("mdp.core.bootstrap", "mdp.core.agent", "mdp.core.monitor", "mdp.core.cluster"):
         assert role in result.stdout
 
 
