@@ -9,6 +9,7 @@ ansible_service_mgr fact is faked as upstart. The systemd unit is also checked b
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 
@@ -121,3 +122,22 @@ def test_agent_config_is_what_the_agent_parses():
 def test_version_is_read_from_the_agent_source():
     init = (REPO / "agent_src" / "mdp_agent" / "__init__.py").read_text()
     assert f'__version__ = "{render("{{ mdp_agent_version }}", role_vars("systemd"))}"' in init
+
+
+WHEEL = "/c/roles/monitor/files/mdp_diagnostics-0.1.0-py3-none-any.whl"
+
+
+@pytest.mark.parametrize("given, bundled, library, package, wanted", [
+    ("", [WHEEL], None, WHEEL, "0.1.0"),                                   # a built collection
+    ("", [], {"version": "0.1.0", "source": "/src/mdp"}, "/src/mdp", "0.1.0"),  # a checkout (pip install -e)
+    ("", [], {"version": "0.1.0", "source": ""}, "mdp-diagnostics==0.1.0", "0.1.0"),  # library from the index
+    ("/srv/mdp", [WHEEL], None, "/srv/mdp", ""),                              # the operator's choice first
+])
+def test_monitor_installs_the_bundled_wheel_else_the_controllers_library(given, bundled, library, package, wanted):
+    tasks = yaml.safe_load((ROLES / "monitor" / "tasks" / "install.yml").read_text())
+    choice = next(t for t in tasks if t["name"] == "Remember what to install")["ansible.builtin.set_fact"]
+    variables = vars_of("monitor", {"ansible_config_file": str(REPO / "ansible.cfg")}, mdp_monitor_package=given,
+                        _mdp_monitor_bundled_wheels=bundled,
+                        _mdp_monitor_controller_library={"stdout": json.dumps(library)} if library else {"skipped": True})
+    assert render_in("monitor", choice["_mdp_monitor_package"], variables) == package
+    assert render_in("monitor", choice["_mdp_monitor_wanted"], variables) == wanted
