@@ -31,6 +31,6 @@ done
 
 cd "$root/collections/ansible_collections/mdp/core"
 pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-echo "== $("$venv/bin/ansible" --version | head -1) / Python $pyver"
+echo "== ansible-core $("$venv/bin/python" -c "import ansible.release as r; print(r.__version__)") / Python $pyver"
 PATH="$venv/bin:$PATH" ansible-test sanity --venv --python "$pyver" --color no
 PATH="$venv/bin:$PATH" ansible-test units --venv --python "$pyver" --color no

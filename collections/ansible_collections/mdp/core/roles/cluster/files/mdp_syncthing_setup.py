@@ -113,7 +113,7 @@ def write_atomically(path, tree):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--home", required=True, help="Syncthing home (config.xml, cert.pem, key.pem)")
     parser.add_argument("--listen", default="tcp://0.0.0.0:22000", help="the one sync listen address")
     parser.add_argument("--gui-address", default="127.0.0.1:8384", help="API/GUI address (keep it loopback)")
