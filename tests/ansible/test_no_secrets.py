@@ -23,7 +23,7 @@ SECOND_MONITOR = {
     "mdp_monitor_install_dir": "/opt/mdp-monitor-nosecret",
     "mdp_monitor_state_dir": "/var/lib/mdp-monitor-nosecret",
 }
-HIDDEN = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
+HIDDEN = "output has been hidden due to the fact that"  # ... 'no_log: true' was specified for this result
 
 
 def secrets_of(fleet) -> dict[str, str]:
