@@ -46,3 +46,17 @@ def test_collection_sanity_and_units(line):
     assert result.returncode == 0, output[-6000:]
     assert "ERROR:" not in output
     assert " passed" in output  # the units ran
+
+
+@pytest.mark.parametrize("extra", [[], ["-e", "mdp_cluster_hosts=web"]])
+def test_cluster_playbook_fails_when_its_hosts_match_nothing(extra, tmp_path):
+    """No mdp_cluster group (or a pattern of no host) is an error, not a run that did nothing."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  children:\n    mdp_agents:\n      hosts:\n        node1:\n"
+                         "          ansible_host: 192.0.2.10\n")
+    result = run(["ansible-playbook", "-i", inventory, "playbooks/cluster.yml", "-e", "mdp_cluster_folder=/srv/x",
+                  *extra])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "matches no host of the inventory" in output
+    assert "node1" not in output.split("PLAY RECAP")[0].split("Fail when the host pattern matches no host")[1]
