@@ -32,6 +32,24 @@ UP_TIMEOUT = 1500
 # The fleet (bridge, addresses, /run/mdp-fleet) is one per machine: test runs from several checkouts
 # take turns on it instead of booting over each other.
 LOCK_FILE = Path("/run/lock/mdp-fleet.lock")
+# Several conftests import `fleet`, and pytest makes each import its own session fixture: the turn
+# is taken once per process, or the second fixture would wait forever on this process's own lock.
+_turn = {"lock": None, "holders": 0}
+
+
+def _take_turn() -> None:
+    if _turn["holders"] == 0:
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        _turn["lock"] = open(LOCK_FILE, "w")
+        fcntl.flock(_turn["lock"], fcntl.LOCK_EX)
+    _turn["holders"] += 1
+
+
+def _end_turn() -> None:
+    _turn["holders"] -= 1
+    if _turn["holders"] == 0:
+        _turn["lock"].close()
+        _turn["lock"] = None
 
 
 @dataclass(frozen=True)
@@ -136,9 +154,7 @@ def fleet():
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(LOCK_FILE, "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)   # released when this session's fleet tests are done
+    _take_turn()   # released when this session's fleet tests are done
     code, lines = status()
     running = {fields[0] for fields in lines if len(fields) > 4 and fields[4] in ("running", "degraded")}
     wanted = {f"fleet{i}" for i in range(1, DEFAULT_SIZE + 1)}
@@ -154,4 +170,4 @@ def fleet():
     if booted and os.environ.get("MDP_FLEET_KEEP") != "1":
         result = run_script("down", timeout=600)
         assert result.returncode == 0, f"fleet.sh down failed:\n{result.stderr}"
-    lock.close()
+    _end_turn()

@@ -245,3 +245,25 @@ def test_fleet_tests_skip_with_their_reason(prefix, env, reason):
         env={**os.environ, **env},
     )
     assert "1 skipped" in result.stdout and reason in result.stdout, result.stdout + result.stderr
+
+
+def test_one_process_takes_one_turn_however_many_fixtures(tmp_path, monkeypatch):
+    """tests/ansible, tests/cluster and tests/fleet each import `fleet`: in one pytest run that is
+    several session fixtures, and the second must not wait on the lock the first holds."""
+    import mdp_fleet
+    monkeypatch.setattr(mdp_fleet, "LOCK_FILE", tmp_path / "fleet.lock")
+
+    def free() -> bool:   # asked from another process, as another checkout's run would
+        return subprocess.run(["flock", "-n", str(tmp_path / "fleet.lock"), "true"]).returncode == 0
+    mdp_fleet._take_turn()
+    mdp_fleet._take_turn()   # before: blocked forever
+    assert not free()
+    mdp_fleet._end_turn()
+    assert not free()        # the first fixture still holds it
+    mdp_fleet._end_turn()
+    assert free()
+
+
+def test_inventory_has_the_cluster_group(fleet):
+    data = yaml.safe_load(fleet.inventory.read_text())
+    assert data["all"]["children"]["mdp_cluster"] == {"children": {"mdp_agents": None}}
