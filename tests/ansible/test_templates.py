@@ -121,7 +121,9 @@ def test_agent_config_is_what_the_agent_parses():
 
 def test_version_is_read_from_the_agent_source():
     init = (REPO / "agent_src" / "mdp_agent" / "__init__.py").read_text()
-    assert f'__version__ = "{render("{{ mdp_agent_version }}", role_vars("systemd"))}"' in init
+    assert f'__version__ = "{render("{{ _mdp_agent_release }}", role_vars("systemd"))}"' in init
+    assert render("{{ mdp_agent_release_dir }}", role_vars("systemd", mdp_agent_version="9.9")) == \
+        "/opt/mdp-agent/releases/9.9"
 
 
 WHEEL = "/c/roles/monitor/files/mdp_diagnostics-0.1.0-py3-none-any.whl"
