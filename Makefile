@@ -18,7 +18,7 @@ ANSIBLE_NEWEST := 2.21
 PY_ANSIBLE_OLDEST ?= $(PY)
 PY_ANSIBLE_NEWEST ?= $(shell ls -d /root/.pyenv/versions/3.1[2-9].*/bin/python3 2>/dev/null | sort -V | head -n1)
 
-.PHONY: setup demo demo-stop demo-local demo-local-stop ansible-216 test-collection test test-agent-oldpy lint vermin bench fleet-up fleet-down clean
+.PHONY: setup demo demo-stop demo-local demo-local-stop collection ansible-216 test-collection test test-agent-oldpy lint vermin bench fleet-up fleet-down clean
 
 setup: $(VENV)/.done
 
@@ -74,6 +74,11 @@ test: setup lint test-agent-oldpy
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# dist/mdp-core-VERSION.tar.gz: the collection with the agent source and the controller library's
+# wheel bundled in (ansible-galaxy collection install dist/mdp-core-*.tar.gz).
+collection: setup
+	bash scripts/build_collection.sh dist
 
 ansible-216: setup
 	bash tests/ansible/collection_tests.sh 2.16 "$(PY_ANSIBLE_OLDEST)"

@@ -13,7 +13,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar
 
-ROLES = Path(__file__).resolve().parents[1] / "roles"
+ROLES = Path(__file__).resolve().parents[1] / "collections" / "ansible_collections" / "mdp" / "core" / "roles"
 init_plugin_loader()  # lookups and filters, as ansible-playbook loads them
 
 
@@ -41,3 +41,19 @@ def template_task(role: str, tasks_file: str) -> dict:
     """The arguments of the first ansible.builtin.template task in the role's tasks_file."""
     tasks = yaml.safe_load((ROLES / role / "tasks" / tasks_file).read_text())
     return next(t for t in tasks if "ansible.builtin.template" in t)["ansible.builtin.template"]
+
+
+def service_import(role: str, tasks_file: str, entry: str = "main.yml") -> dict:
+    """The vars a role's tasks_file passes to the internal mdp.core.service role for that entry point."""
+    tasks = yaml.safe_load((ROLES / role / "tasks" / tasks_file).read_text())
+    return next(t["vars"] for t in tasks if t.get("ansible.builtin.import_role", {}).get("name") == "mdp.core.service"
+                and t["ansible.builtin.import_role"].get("tasks_from", "main.yml") == entry)
+
+
+def service_vars(role: str, tasks_file: str, variables: dict, entry: str = "main.yml") -> dict:
+    """variables as mdp.core.service sees them when role's tasks_file imports it (its vars, then the import's)."""
+    service = dict(variables)
+    for name in ("defaults", "vars"):
+        service.update(yaml.safe_load((ROLES / "service" / name / "main.yml").read_text()))
+    service.update(service_import(role, tasks_file, entry))
+    return service

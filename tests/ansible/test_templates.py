@@ -9,31 +9,35 @@ ansible_service_mgr fact is faked as upstart. The systemd unit is also checked b
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 
 import pytest
 import yaml
 from mdp_ansible import REPO
+from role_render import ROLES, render_template, service_vars, template_task
 from role_render import render as render_in
-from role_render import render_template, template_task
 from role_render import role_vars as vars_of
 
-ROLE = REPO / "roles" / "mdp_agent"
+ROLE = ROLES / "agent"
 
 
 def role_vars(service_mgr: str, **overrides) -> dict:
-    """The mdp_agent role's variables for one fake host whose service manager is service_mgr."""
-    return vars_of("mdp_agent", {"ansible_host": "192.168.33.20", "ansible_service_mgr": service_mgr,
-                                 "ansible_config_file": str(REPO / "ansible.cfg")}, **overrides)
+    """mdp.core.agent's variables for one fake host whose service manager is service_mgr; the agent
+    source is where a checkout's preflight finds it (the controller library's agent_src/)."""
+    return vars_of("agent", {"ansible_host": "192.168.33.20", "ansible_service_mgr": service_mgr,
+                             "ansible_config_file": str(REPO / "ansible.cfg"),
+                             "_mdp_agent_source": str(REPO / "agent_src")}, **overrides)
 
 
 def render(text: str, variables: dict):
-    return render_in("mdp_agent", text, variables)
+    return render_in("agent", text, variables)
 
 
 def service_task() -> dict:
-    return template_task("mdp_agent", "service.yml")
+    """The internal service role's template task, which writes the unit the agent role asks for."""
+    return template_task("service", "main.yml")
 
 
 @pytest.mark.parametrize("manager, template, dest", [
@@ -42,22 +46,26 @@ def service_task() -> dict:
 ])
 def test_service_manager_fact_picks_the_definition(manager, template, dest):
     task = service_task()
-    variables = role_vars(manager)
+    variables = service_vars("agent", "service.yml", role_vars(manager))
     assert render(task["src"], variables) == template
     assert render(task["dest"], variables) == dest
 
 
 def test_unsupported_init_system_fails_with_its_name():
-    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
+    tasks = yaml.safe_load((ROLES / "service" / "tasks" / "preflight.yml").read_text())
     check = tasks[0]["ansible.builtin.assert"]
-    variables = role_vars("sysvinit")
+
+    def preflight_vars(manager):
+        return service_vars("agent", "preflight.yml", role_vars(manager), entry="preflight.yml")
+    variables = preflight_vars("sysvinit")
     assert render("{{ %s }}" % check["that"], variables) is False
-    assert '"sysvinit"' in render(check["fail_msg"], variables)
-    assert render("{{ %s }}" % check["that"], role_vars("upstart")) is True
+    message = render(check["fail_msg"], variables)
+    assert '"sysvinit"' in message and "mdp.core.agent" in message and "mdp_agent_service_manager" in message
+    assert render("{{ %s }}" % check["that"], preflight_vars("upstart")) is True
 
 
 def test_upstart_job_respawns_the_agent_with_its_code_and_config():
-    job = render_template("mdp_agent", "mdp-agent.upstart.j2", role_vars("upstart"))
+    job = render_template("agent", "mdp-agent.upstart.j2", role_vars("upstart"))
     lines = [line.strip() for line in job.splitlines()]
     assert "# Ansible managed" in lines
     assert "respawn" in lines and "respawn limit 10 5" in lines
@@ -70,7 +78,7 @@ def test_upstart_job_respawns_the_agent_with_its_code_and_config():
 
 
 def test_systemd_unit_is_hardened_and_restarts():
-    unit = render_template("mdp_agent", "mdp-agent.service.j2",
+    unit = render_template("agent", "mdp-agent.service.j2",
                   role_vars("systemd", mdp_agent_systemd_read_write_paths=["/srv/sync"]))
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str
@@ -89,7 +97,7 @@ def test_systemd_unit_is_hardened_and_restarts():
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_unit_passes_systemd_analyze(tmp_path):
     unit = tmp_path / "mdp-agent.service"
-    unit.write_text(render_template("mdp_agent", "mdp-agent.service.j2", role_vars("systemd")))
+    unit.write_text(render_template("agent", "mdp-agent.service.j2", role_vars("systemd")))
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                             timeout=60)
     # Only complaints about this unit count; a container without systemd as PID 1 adds unrelated noise.
@@ -98,7 +106,7 @@ def test_systemd_unit_passes_systemd_analyze(tmp_path):
 
 
 def test_agent_config_is_what_the_agent_parses():
-    conf = render_template("mdp_agent", "agent.conf.j2",
+    conf = render_template("agent", "agent.conf.j2",
                   role_vars("systemd", mdp_agent_monitor_address="10.0.0.1", mdp_agent_allow=["system.*", "load.*"],
                             mdp_agent_extra_config={"cluster_dir": "/srv/sync"}))
     parser = configparser.ConfigParser(interpolation=None)
@@ -113,4 +121,25 @@ def test_agent_config_is_what_the_agent_parses():
 
 def test_version_is_read_from_the_agent_source():
     init = (REPO / "agent_src" / "mdp_agent" / "__init__.py").read_text()
-    assert f'__version__ = "{render("{{ mdp_agent_version }}", role_vars("systemd"))}"' in init
+    assert f'__version__ = "{render("{{ _mdp_agent_release }}", role_vars("systemd"))}"' in init
+    assert render("{{ mdp_agent_release_dir }}", role_vars("systemd", mdp_agent_version="9.9")) == \
+        "/opt/mdp-agent/releases/9.9"
+
+
+WHEEL = "/c/roles/monitor/files/mdp_diagnostics-0.1.0-py3-none-any.whl"
+
+
+@pytest.mark.parametrize("given, bundled, library, package, wanted", [
+    ("", [WHEEL], None, WHEEL, "0.1.0"),                                   # a built collection
+    ("", [], {"version": "0.1.0", "source": "/src/mdp"}, "/src/mdp", "0.1.0"),  # a checkout (pip install -e)
+    ("", [], {"version": "0.1.0", "source": ""}, "mdp-diagnostics==0.1.0", "0.1.0"),  # library from the index
+    ("/srv/mdp", [WHEEL], None, "/srv/mdp", ""),                              # the operator's choice first
+])
+def test_monitor_installs_the_bundled_wheel_else_the_controllers_library(given, bundled, library, package, wanted):
+    tasks = yaml.safe_load((ROLES / "monitor" / "tasks" / "install.yml").read_text())
+    choice = next(t for t in tasks if t["name"] == "Remember what to install")["ansible.builtin.set_fact"]
+    variables = vars_of("monitor", {"ansible_config_file": str(REPO / "ansible.cfg")}, mdp_monitor_package=given,
+                        _mdp_monitor_bundled_wheels=bundled,
+                        _mdp_monitor_controller_library={"stdout": json.dumps(library)} if library else {"skipped": True})
+    assert render_in("monitor", choice["_mdp_monitor_package"], variables) == package
+    assert render_in("monitor", choice["_mdp_monitor_wanted"], variables) == wanted

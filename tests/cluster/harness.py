@@ -1,7 +1,7 @@
 """Real Syncthing instances on loopback addresses, each driven by its own ClusterManager.
 
 Each node is one machine as the agent sees it: a Syncthing home prepared by the role's own setup
-script (roles/mdp_cluster/files/mdp_syncthing_setup.py), the sync port 22000 and the API on its
+script (mdp.core.cluster's files/mdp_syncthing_setup.py), the sync port 22000 and the API on its
 own 127.x address, and a ClusterManager whose folder_root keeps its synced tree apart from the
 other nodes' (on real machines every node uses the same path). Used by tests/cluster and
 bench/bench_cluster.py.
@@ -21,7 +21,7 @@ from mdp_agent import syncthing
 from mdp_agent.cluster import ClusterManager, folder_id
 
 ROOT = Path(__file__).resolve().parents[2]
-SETUP_SCRIPT = ROOT / "roles" / "mdp_cluster" / "files" / "mdp_syncthing_setup.py"
+SETUP_SCRIPT = ROOT / "collections/ansible_collections/mdp/core/roles/cluster/files/mdp_syncthing_setup.py"
 SYNCTHING = shutil.which("syncthing") or "/usr/bin/syncthing"
 API_PORT = 8384
 

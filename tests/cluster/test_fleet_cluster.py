@@ -1,5 +1,5 @@
 """Cluster mode on the booted test fleet, end to end: deploy.yml's agents, playbooks/cluster.yml
-(the mdp_cluster role + the seed's cluster_info through mdp_send), real Syncthing on three real
+(the mdp.core.cluster role + the seed's cluster_info through mdp_send), real Syncthing on three real
 hosts (bullseye 1.12, bookworm 1.19, trixie 1.29), files written and read over SSH."""
 
 from __future__ import annotations

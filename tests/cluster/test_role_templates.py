@@ -1,4 +1,4 @@
-"""roles/mdp_cluster's service definitions, rendered from the role's own text.
+"""mdp.core.cluster's service definitions, rendered from the role's own text.
 
 No upstart host can boot here (Ubuntu 14.04's upstart does not run under systemd-nspawn on this
 machine), so the upstart job and the init-system choice are checked as rendered text for a host whose
@@ -12,25 +12,26 @@ import shutil
 import subprocess
 
 import pytest
-from role_render import ROLES, render_template, template_task
+from role_render import ROLES, render_template, service_vars, template_task
 from role_render import render as render_in
 from role_render import role_vars as vars_of
 
-ROLE = ROLES / "mdp_cluster"
+ROLE = ROLES / "cluster"
 
 
 def role_vars(service_mgr: str, version: str, **overrides) -> dict:
-    """The mdp_cluster role's variables for a fake Ubuntu host with this service manager and Syncthing."""
-    return vars_of("mdp_cluster", {"ansible_distribution": "Ubuntu", "ansible_service_mgr": service_mgr,
+    """mdp.core.cluster's variables for a fake Ubuntu host with this service manager and Syncthing."""
+    return vars_of("cluster", {"ansible_distribution": "Ubuntu", "ansible_service_mgr": service_mgr,
                                    "mdp_cluster_version": version}, **overrides)
 
 
 def render(text: str, variables: dict):
-    return render_in("mdp_cluster", text, variables)
+    return render_in("cluster", text, variables)
 
 
 def unit_task() -> dict:
-    return template_task("mdp_cluster", "main.yml")
+    """The internal service role's template task, which writes the unit the cluster role asks for."""
+    return template_task("service", "main.yml")
 
 
 @pytest.mark.parametrize("manager, template, dest", [
@@ -38,7 +39,7 @@ def unit_task() -> dict:
     ("systemd", "mdp-syncthing.service.j2", "/etc/systemd/system/mdp-syncthing.service"),
 ])
 def test_service_manager_fact_picks_the_definition(manager, template, dest):
-    task, variables = unit_task(), role_vars(manager, "1.19.2")
+    task, variables = unit_task(), service_vars("cluster", "run.yml", role_vars(manager, "1.19.2"))
     assert render(task["src"], variables) == template
     assert render(task["dest"], variables) == dest
 
@@ -54,14 +55,14 @@ def test_command_line_form_follows_the_version(version, args):
 
 def test_upstart_job_for_ubuntu_14_04():
     variables = role_vars("upstart", "1.27.0")
-    text = render_template("mdp_cluster", "mdp-syncthing.upstart.j2", variables)
+    text = render_template("cluster", "mdp-syncthing.upstart.j2", variables)
     lines = [line.strip() for line in text.splitlines()]
     assert "respawn" in lines
     assert "start on (local-filesystems and net-device-up IFACE!=lo)" in lines
     assert "env STNOUPGRADE=1" in lines and "env STNODEFAULTFOLDER=1" in lines
     assert "exec /usr/bin/syncthing serve --home=/var/lib/mdp-syncthing --no-browser --no-restart" in lines
     assert not any(line.startswith("setuid") for line in lines)       # root by default
-    dedicated = render_template("mdp_cluster", "mdp-syncthing.upstart.j2",
+    dedicated = render_template("cluster", "mdp-syncthing.upstart.j2",
                        role_vars("upstart", "1.27.0", mdp_cluster_user="mdpsync"))
     assert "setuid mdpsync" in dedicated
 
@@ -73,7 +74,7 @@ def test_ubuntu_uses_syncthings_repository_and_debian_its_own_package():
 
 
 def test_systemd_unit_passes_systemd_analyze(tmp_path):
-    text = render_template("mdp_cluster", "mdp-syncthing.service.j2", role_vars("systemd", "1.19.2"))
+    text = render_template("cluster", "mdp-syncthing.service.j2", role_vars("systemd", "1.19.2"))
     assert "ExecStart=/usr/bin/syncthing serve --home=/var/lib/mdp-syncthing --no-browser --no-restart" in text
     assert "ProtectSystem=full" in text and "NoNewPrivileges=yes" in text
     if not shutil.which("systemd-analyze"):

@@ -437,6 +437,10 @@ EOF
 EOF
         done
         cat <<'EOF'
+    # playbooks/cluster.yml targets this group when no mdp_cluster_hosts is given.
+    mdp_cluster:
+      children:
+        mdp_agents:
     mdp_monitor:
       hosts:
         localhost:

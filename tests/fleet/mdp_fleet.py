@@ -32,8 +32,6 @@ UP_TIMEOUT = 1500
 # The fleet (bridge, addresses, /run/mdp-fleet) is one per machine: test runs from several checkouts
 # take turns on it instead of booting over each other.
 LOCK_FILE = Path("/run/lock/mdp-fleet.lock")
-
-
 @dataclass(frozen=True)
 class FleetHost:
     name: str  # inventory name: fleet1, fleet2, ...

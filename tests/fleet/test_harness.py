@@ -247,3 +247,8 @@ def test_fleet_tests_skip_with_their_reason(prefix, env, reason):
                            env={**outside_ci, **env, "CI": "true"})
     assert in_ci.returncode != 0, in_ci.stdout + in_ci.stderr
     assert "1 error" in in_ci.stdout and "skipped under CI=true" in in_ci.stdout and reason in in_ci.stdout
+
+
+def test_inventory_has_the_cluster_group(fleet):
+    data = yaml.safe_load(fleet.inventory.read_text())
+    assert data["all"]["children"]["mdp_cluster"] == {"children": {"mdp_agents": None}}
