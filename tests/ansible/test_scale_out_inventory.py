@@ -34,8 +34,8 @@ def resolved(pattern: str, variable: str) -> dict[str, str]:
 
 def test_each_site_reports_to_its_own_monitor():
     addresses = resolved("mdp_agents", "mdp_agent_monitor_address")
-    rendered = {host: render("mdp_agent", "{{ mdp_agent_monitor }}",
-                             role_vars("mdp_agent", {}, mdp_agent_monitor_address=address))
+    rendered = {host: render("agent", "{{ mdp_agent_monitor }}",
+                             role_vars("agent", {}, mdp_agent_monitor_address=address))
                 for host, address in addresses.items()}
     assert rendered == {"node1": "192.168.33.2:12345", "node2": "192.168.33.2:12345",
                         "node3": "192.168.34.2:12345", "node4": "192.168.34.2:12345"}
@@ -45,8 +45,8 @@ def test_each_monitor_listens_and_serves_http_on_its_own_address_with_a_token():
     own = {name: resolved("mdp_monitor", name) for name in
            ("mdp_monitor_listen", "mdp_monitor_http", "mdp_monitor_http_token_file")}
     for host, address in (("monitor_a", "192.168.33.2"), ("monitor_b", "192.168.34.2")):
-        variables = role_vars("mdp_monitor", {}, ansible_connection="ssh",
+        variables = role_vars("monitor", {}, ansible_connection="ssh",
                               **{name: values[host] for name, values in own.items()})
-        command = render("mdp_monitor", "{{ mdp_monitor_command }}", variables)
+        command = render("monitor", "{{ mdp_monitor_command }}", variables)
         assert f"--listen {address}:12345 " in command
         assert command.endswith(f"--http {address}:9123 --http-token-file /etc/mdp/http.token"), command
