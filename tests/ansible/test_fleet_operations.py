@@ -25,6 +25,7 @@ from mdp_controller import client
 
 sys.path.insert(0, str(REPO / "tests" / "agent"))
 from test_operations_more import EXAMPLE_ARGS, NEW_OPERATIONS  # noqa: E402
+from integration.harness import wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
@@ -40,6 +41,7 @@ ExecStart=/bin/sleep infinity
 """
 SITE_GOOD = '''"""Fleet site checks."""
 from mdp_operations import mutating
+from integration.harness import wait_for  # noqa: E402
 
 
 def hello(who="fleet"):
@@ -76,13 +78,8 @@ def deploy(fleet, tmp_path, **extra_vars):
 
 
 def wait_until(predicate, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+    """The harness's one wait-on-a-condition, polled every 0.5 s (each poll is an ssh round trip)."""
+    return wait_for(predicate, what, timeout, interval=0.5)
 
 
 def unit_state(host):
