@@ -24,8 +24,8 @@ from mdp_ansible import REPO, run
 from mdp_controller import client
 
 sys.path.insert(0, str(REPO / "tests" / "agent"))
-from test_operations_more import EXAMPLE_ARGS, NEW_OPERATIONS  # noqa: E402
 from integration.harness import wait_for  # noqa: E402
+from test_operations_more import EXAMPLE_ARGS, NEW_OPERATIONS  # noqa: E402
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
