@@ -41,7 +41,6 @@ ExecStart=/bin/sleep infinity
 """
 SITE_GOOD = '''"""Fleet site checks."""
 from mdp_operations import mutating
-from integration.harness import wait_for  # noqa: E402
 
 
 def hello(who="fleet"):
