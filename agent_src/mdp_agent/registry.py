@@ -21,6 +21,8 @@ import sys
 import threading
 import types
 
+from .errors import MDPError
+
 log = logging.getLogger("mdp_agent.registry")
 
 # The codes operations get; the server adds its own (bad_request, not_supported) for requests
@@ -54,16 +56,11 @@ MAX_SITE_MODULE_BYTES = 256 * 1024
 SITE_MODULE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}\.py\Z")
 
 
-class OperationError(Exception):
+class OperationError(MDPError):
     """code: 'unknown_operation', 'not_allowed', 'bad_arguments', 'failed', 'timeout', 'busy', 'not_available'."""
 
-    def __init__(self, code, message):
-        Exception.__init__(self, "{}: {}".format(code, message))
-        self.code = code
-        self.message = message
-
-    def to_dict(self):
-        return {"code": self.code, "message": self.message}
+    def __str__(self):
+        return "{}: {}".format(self.code, self.message)
 
 
 def _not_available():

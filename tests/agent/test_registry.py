@@ -387,3 +387,11 @@ def test_families_load_on_first_use(monkeypatch):
         reg.lookup("hardware.no_such")
     assert err.value.code == "unknown_operation"
     assert "packages.installed" in reg.names()
+
+
+def test_operation_errors_are_mdp_errors_with_the_shared_shape():
+    from mdp_agent.errors import MDPError
+    error = OperationError("busy", "all 4 workers are busy")
+    assert isinstance(error, MDPError)
+    assert error.to_dict() == {"code": "busy", "message": "all 4 workers are busy"}
+    assert str(error) == "busy: all 4 workers are busy"
