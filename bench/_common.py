@@ -80,6 +80,51 @@ def agent_env() -> dict:
     return env
 
 
+def start_agent(tmp: Path, ip: str, python: str = sys.executable, extra_args: tuple = (),
+                what: str = "bench") -> tuple[subprocess.Popen, str]:
+    """A real `python -m mdp_agent` on ip:AGENT_PORT with a fresh key in tmp/state (stderr in tmp/agent.log),
+    once it listens. Returns (process, key text); stop it with stop_process."""
+    if udp_port_bound(ip, AGENT_PORT):
+        raise SystemExit(f"{what}: {ip}:{AGENT_PORT} is in use; is another run going?")
+    state = tmp / "state"
+    state.mkdir(mode=0o700)
+    key = new_key_text()
+    (state / "agent.key").write_text(key)
+    (state / "agent.key").chmod(0o600)
+    (tmp / "agent.conf").write_text("[agent]\n")   # defaults only; the flags set the rest
+    agent = subprocess.Popen(
+        [python, "-m", "mdp_agent", "--config", str(tmp / "agent.conf"), "--bind", ip, "--port", str(AGENT_PORT),
+         "--state-dir", str(state), "--log-level", "warning", *extra_args],
+        env=agent_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"))
+    try:
+        wait_for(lambda: udp_port_bound(ip, AGENT_PORT) or agent.poll() is not None, 20, "the agent to listen")
+    except BaseException:
+        stop_process(agent)
+        raise
+    if agent.poll() is not None:
+        raise SystemExit(f"{what}: the agent exited:\n" + (tmp / "agent.log").read_text())
+    return agent, key
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and every live descendant of it (zabbix_agentd forks its collector and listeners)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process in KiB, from /proc/PID/status (VmRSS)."""
     with open(f"/proc/{pid}/status") as handle:

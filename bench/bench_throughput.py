@@ -18,7 +18,6 @@ import json
 import os
 import select
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +35,13 @@ TARGET_PER_S = 10000
 
 
 def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int, duration: float,
-            agent_pid: int | None = None) -> dict:
-    """Drive the agent at `window` outstanding requests for WARMUP_S + duration seconds.
+            agent_pid: int | None = None, operations: tuple = ("ping",)) -> dict:
+    """Drive the agent at `window` outstanding requests (of `operations`) for WARMUP_S + duration seconds.
 
-    With agent_pid, also the agent's CPU time per answered ping over the measured period: unlike
+    With agent_pid, also the agent's CPU time per answered request over the measured period: unlike
     the rate, it hardly depends on what else the machine is doing.
     """
-    payload = protocol.dump_json(protocol.make_request(["ping"]))
+    payload = protocol.dump_json(protocol.make_request(list(operations)))
     outstanding: dict[bytes, float] = {}
     latencies: list[float] = []
     lost = bad = errors = 0
@@ -109,27 +108,12 @@ def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int
 
 def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout) -> dict:
     agent_ip, generator_ip = C.address(BLOCK, 0), C.address(BLOCK, 1)
-    if C.udp_port_bound(agent_ip, C.AGENT_PORT):
-        raise SystemExit(f"bench_throughput: {agent_ip}:{C.AGENT_PORT} is in use; is another run going?")
     results = {"runs": []}
     with tempfile.TemporaryDirectory(prefix="mdp-bench-throughput-") as tmp:
         tmp = Path(tmp)
-        state = tmp / "state"
-        state.mkdir(mode=0o700)
-        key = C.new_key_text()
-        (state / "agent.key").write_text(key)
-        (state / "agent.key").chmod(0o600)
-        (tmp / "agent.conf").write_text("[agent]\n")
-        agent = subprocess.Popen(
-            [python, "-m", "mdp_agent", "--config", str(tmp / "agent.conf"), "--bind", agent_ip, "--port",
-             str(C.AGENT_PORT), "--state-dir", str(state), "--log-level", "warning"],
-            env=C.agent_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"))
+        agent, key = C.start_agent(tmp, agent_ip, python, what="bench_throughput")
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            C.wait_for(lambda: C.udp_port_bound(agent_ip, C.AGENT_PORT) or agent.poll() is not None, 20,
-                       "the agent to listen")
-            if agent.poll() is not None:
-                raise SystemExit("bench_throughput: the agent exited:\n" + (tmp / "agent.log").read_text())
             sock.bind((generator_ip, 0))
             sock.setblocking(False)
             keys = protocol.KeyPair.from_text(key)

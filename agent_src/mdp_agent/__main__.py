@@ -5,7 +5,7 @@ import logging
 import signal
 import sys
 
-from . import __version__, aead, config, keyfile, protocol
+from . import __version__, aead, config, keyfile, lastrun, protocol
 from .loop import Loop
 from .registry import load_default_registry
 from .server import Agent, WorkerPool
@@ -21,6 +21,8 @@ On first start the agent writes its key to STATE_DIR/agent.key (64 hex character
 0700 directory). That file's text is exactly what the monitoring host keeps as
 .known_machines/<ip>.txt: copying it there enrols the machine.
 Signals: SIGTERM/SIGINT exit cleanly, SIGHUP re-reads the config file (bind and port need a restart).
+Each start logs how the previous run ended: STATE_DIR/agent.running stays behind when a run did not
+exit cleanly, and the systemd unit records systemd's verdict in STATE_DIR/last-exit (mdp_agent/lastrun.py).
 """
 
 
@@ -81,6 +83,9 @@ def main(argv=None):
     if args.init_only:
         print(key_path)
         return 0
+    # Why this start: the previous run's end, as the clean-exit marker and the service manager recorded it.
+    lastrun.log_previous_run(settings["state_dir"])
+    lastrun.mark_running(settings["state_dir"])
 
     loop = Loop()
     pool = WorkerPool(loop, settings["workers"])
@@ -128,6 +133,7 @@ def main(argv=None):
         agent.stop()
         pool.shutdown()
         loop.close()
+    lastrun.mark_stopped(settings["state_dir"])   # only a clean stop gets here (an exception skips it)
     log.info("mdp-agent stopped")
     return 0
 

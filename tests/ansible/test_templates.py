@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import shlex
 import shutil
 import subprocess
 
@@ -19,6 +20,8 @@ from mdp_ansible import REPO
 from role_render import ROLES, render_template, service_vars, template_task
 from role_render import render as render_in
 from role_render import role_vars as vars_of
+
+from mdp_agent import lastrun
 
 ROLE = ROLES / "agent"
 
@@ -77,6 +80,14 @@ def test_upstart_job_respawns_the_agent_with_its_code_and_config():
     assert not any(line.startswith(("ExecStart", "[Service]", "Restart=")) for line in lines)
 
 
+def unit_service(variables: dict):
+    """The [Service] section of the agent's unit rendered with variables."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(render_template("agent", "mdp-agent.service.j2", variables))
+    return parser["Service"]
+
+
 def test_systemd_unit_is_hardened_and_restarts():
     unit = render_template("agent", "mdp-agent.service.j2",
                   role_vars("systemd", mdp_agent_systemd_read_write_paths=["/srv/sync"]))
@@ -92,6 +103,42 @@ def test_systemd_unit_is_hardened_and_restarts():
     assert service["PrivateTmp"] == "yes"
     assert service["ProtectHome"] == "read-only"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_unit_caps_the_agent_with_the_documented_defaults():
+    service = unit_service(role_vars("systemd"))
+    assert service["MemoryMax"] == "96M" and service["CPUQuota"] == "50%"
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    for name in ("mdp_agent_memory_max", "mdp_agent_cpu_quota", "mdp_agent_address_space_max", "mdp_agent_nice"):
+        assert specs[name]["default"] == defaults[name], name
+    uncapped = unit_service(role_vars("systemd", mdp_agent_memory_max="", mdp_agent_cpu_quota=""))
+    assert "MemoryMax" not in uncapped and "CPUQuota" not in uncapped
+
+
+def test_systemd_unit_records_the_stop_where_the_agent_reads_it(tmp_path):
+    """ExecStopPost as systemd runs it: `$$` is systemd's escaped `$`, the quoting is systemd's (as
+    shlex splits it), the variables are those systemd passes after a MemoryMax kill. The file it writes
+    must read back through the agent's own parser."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    service = unit_service(role_vars("systemd", mdp_agent_state_dir=str(state_dir)))
+    argv = shlex.split(service["ExecStopPost"].replace("$$", "$"))
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
+    assert f'"{state_dir}/{lastrun.SERVICE_EXIT_FILE}"' in argv[2]
+    subprocess.run(argv, check=True, timeout=30, env={"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "oom-kill",
+                                                      "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"})
+    record = lastrun.previous_run(str(state_dir))
+    assert record == {"clean": False, "service_result": "oom-kill", "exit_code": "killed", "exit_status": "KILL"}
+    assert "going over its memory cap (MemoryMax)" in lastrun.describe(record)
+
+
+def test_upstart_job_sets_limit_stanzas():
+    """Upstart cannot run here: the job's limit stanzas are checked as rendered text."""
+    lines = [line.strip() for line in render_template("agent", "mdp-agent.upstart.j2", role_vars("upstart")).splitlines()]
+    assert "limit as 805306368 805306368" in lines and "nice 10" in lines and "respawn limit 10 5" in lines
+    unlimited = render_template("agent", "mdp-agent.upstart.j2", role_vars("upstart", mdp_agent_address_space_max=0))
+    assert "limit as" not in unlimited
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
