@@ -21,15 +21,14 @@ import sys
 import threading
 import types
 
+from .names import MAX_NAME, NAME_PATTERN  # noqa: F401 (the registry's rule; names.py says why apart)
+
 log = logging.getLogger("mdp_agent.registry")
 
 # The codes operations get; the server adds its own (bad_request, not_supported) for requests
 # that never reach an operation, so OperationError does not police the list.
 ERROR_CODES = ("unknown_operation", "not_allowed", "bad_arguments", "failed", "timeout", "busy",
                "not_available")
-# Operation names as requests may spell them: family.function or a bare legacy name.
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\Z")
-MAX_NAME = 64
 # The original MDP's operation names, kept working as aliases of today's operations.
 LEGACY_ALIASES = {
     "ping": "system.ping",
