@@ -27,10 +27,13 @@ results back). Nothing mutable is shared but the loaded library, whose EVP calls
 OpenSSL 1.1+; for 1.0.x, importing _ssl, which we then do, installs the locking callbacks it needs.
 """
 
-import ctypes
 import os
 import re
 import threading
+
+# ctypes is imported when a libcrypto is first loaded (_Libcrypto), not here: the controller, which
+# seals with `cryptography`, then never loads it (a few ms of every `mdp send`, issue 11).
+ctypes = None
 
 KEY_SIZE = 32      # AES-256
 NONCE_SIZE = 12    # GCM's native IV size: used directly as J0's prefix, no GHASH of the IV
@@ -203,6 +206,8 @@ class _Libcrypto(object):
                 "EVP_DecryptInit_ex", "EVP_DecryptUpdate", "EVP_DecryptFinal_ex")
 
     def __init__(self, name):
+        global ctypes
+        import ctypes
         self.path = name
         lib = ctypes.CDLL(name)
         missing = [symbol for symbol in self.REQUIRED if not hasattr(lib, symbol)]
