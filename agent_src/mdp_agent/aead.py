@@ -447,20 +447,25 @@ class CryptographyAesGcm(object):
         self._invalid_tag = CryptographyInvalidTag
         self.description = "cryptography %s AESGCM" % version
 
+    # One AESGCM object per call: MDP/2 derives a fresh key per message, so there is no key to keep one for.
     def seal(self, key, nonce, plaintext, aad=b""):
         """ciphertext || 16-byte tag of plaintext, authenticating aad too."""
-        _check_sizes(key, nonce)
-        return self._aesgcm(_as_bytes(key, "key")).encrypt(nonce, _as_bytes(plaintext, "plaintext"),
-                                                           _as_bytes(aad, "aad"))
+        if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+            _check_sizes(key, nonce)
+        if not (type(key) is type(plaintext) is type(aad) is bytes):   # the usual case, fast (as LibcryptoAesGcm)
+            key, plaintext, aad = _as_bytes(key, "key"), _as_bytes(plaintext, "plaintext"), _as_bytes(aad, "aad")
+        return self._aesgcm(key).encrypt(nonce, plaintext, aad)
 
     def open(self, key, nonce, data, aad=b""):
         """The plaintext of ciphertext || tag; InvalidTag if it does not authenticate."""
-        _check_sizes(key, nonce)
-        data = _as_bytes(data, "data")
+        if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+            _check_sizes(key, nonce)
+        if not (type(key) is type(data) is type(aad) is bytes):
+            key, data, aad = _as_bytes(key, "key"), _as_bytes(data, "data"), _as_bytes(aad, "aad")
         if len(data) < TAG_SIZE:
             raise InvalidTag("sealed data is %d bytes, shorter than the %d-byte tag" % (len(data), TAG_SIZE))
         try:
-            return self._aesgcm(_as_bytes(key, "key")).decrypt(nonce, data, _as_bytes(aad, "aad"))
+            return self._aesgcm(key).decrypt(nonce, data, aad)
         except self._invalid_tag:
             raise InvalidTag("AES-GCM tag mismatch: wrong key, nonce or associated data, or altered data")
 
