@@ -1,6 +1,6 @@
 """`mdp send` to one machine, whole process: wall and CPU, beside the interpreter floor, same run.
 
-    .venv/bin/python bench/bench_cli.py [--runs 20] [--compare /work/main/.venv/bin/mdp]
+    .venv/bin/python bench/bench_cli.py [--runs 20] [--compare /work/main/.venv/bin/mdp] [--fanout 100]
 
 Starts one real agent (`python3 -m mdp_agent` from this checkout) on 127.10.248.1, writes its key
 into a temporary known_machines, then times, interleaved round by round so machine load hits all
@@ -12,6 +12,8 @@ checkout gets files written into it. Prints medians and minima; CPU time (user +
 child) is the steadier number on a shared machine. Never fails on timing.
 
 Also prints what `python -X importtime` says the send imports, biggest first, for this checkout.
+--fanout N also times `mdp send --json` to N agents at once (bench_fanout's fleet of real agents in
+two processes, on 127.10.1.1 upwards), interleaved the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import _common as C
+import bench_fanout
 
 AGENT_BLOCK = 248            # the agent on 127.10.248.1
 MDP = Path(sys.executable).parent / "mdp"
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--compare", type=Path, nargs="*", default=[], metavar="MDP_SCRIPT",
                         help="other `mdp` console scripts to time beside this checkout's")
+    parser.add_argument("--fanout", type=int, default=0, metavar="N", help="also send to N agents at once")
     args = parser.parse_args()
     scripts = [MDP, *args.compare]
     ip = C.address(AGENT_BLOCK, 0)
@@ -115,10 +119,37 @@ def main() -> None:
             print(f"imports of `mdp send` ({MDP}), top level, cumulative:")
             for micros, name in biggest_imports(cases[2][1], cases[2][2]):
                 print(f"  {micros / 1000:7.1f} ms  {name}")
+            if args.fanout:
+                fanout(scripts, cases, args.fanout, args.runs, tmp)
         finally:
             agent.terminate()
             agent.wait(5)
             shutil.rmtree(tmp / "state", ignore_errors=True)
+
+
+def fanout(scripts: list[Path], cases: list, count: int, runs: int, tmp: Path) -> None:
+    """`mdp send --json` to `count` real agents at once, each script in turn, `runs` rounds."""
+    C.raise_nofile(count + 1024)
+    (tmp / "fanout").mkdir()
+    fleet = bench_fanout.Fleet(count, 2, tmp / "fanout")
+    try:
+        sends = []
+        for n, script in enumerate(scripts):
+            python, run_env = cases[3 * n][1][0], cases[3 * n][2]
+            sends.append((script, [python, str(script), "send", "--json", "--known-machines", str(fleet.known_machines),
+                                   "--timeout", "15", ",".join(fleet.ips), "ping"], run_env))
+        results: dict = {script: [] for script, _, _ in sends}
+        for _ in range(runs):
+            for script, cmd, run_env in sends:
+                results[script].append(timed(cmd, run_env))
+        print(f"`mdp send --json` to {count} agents, {runs} interleaved runs each, load {C.loadavg():.1f} at the end:")
+        for script, rows in results.items():
+            walls, cpus = [w for w, _, _ in rows], [c for _, c, _ in rows]
+            failed = sum(1 for _, _, status in rows if status)
+            print(f"  {script}: wall median {statistics.median(walls):.0f} ms (min {min(walls):.0f}), CPU median "
+                  f"{statistics.median(cpus):.0f} ms (min {min(cpus):.0f})" + (f"; {failed} runs failed" if failed else ""))
+    finally:
+        fleet.close()
 
 
 if __name__ == "__main__":
