@@ -8,10 +8,12 @@ The agents are real `mdp_agent.server.Agent` objects, each with its own key, its
 worker process share one Loop and one WorkerPool, as server.py allows. Their keys are written into a
 temporary known_machines directory, which the controller reads like any .known_machines.
 
-Measured, per size: wall time of `mdp_controller.client.send_many` (a fresh key store each round,
-so key files are read as a real `mdp send` reads them), answered and failed counts, and the CPU
-seconds the controller and the agents spent (robust when other work shares the machine); for 100 agents
-also the real CLI (`mdp send --json IP,IP,... ping` as a subprocess, interpreter start included).
+Measured, per size: wall time of `mdp_controller.client.send_many` (asyncio; a fresh key store each
+round, so key files are read as a real `mdp send` reads them), answered and failed counts, and the CPU
+seconds the controller and the agents spent (robust when other work shares the machine); then the
+same for `send_sync` (what `mdp send` and the Ansible plugin call: the same Client on the agent's
+selector loop, no asyncio), its rounds interleaved with send_many's; for 100 agents also the real CLI
+(`mdp send --json IP,IP,... ping` as a subprocess, interpreter start included).
 """
 
 from __future__ import annotations
@@ -113,12 +115,15 @@ class Fleet:
                 proc.join()
 
 
-def library_round(ips: list[str], known_machines: Path, timeout: float, fleet: Fleet) -> dict:
-    """One send_many; also the CPU seconds it cost this process (the controller) and the agents."""
-    from mdp_controller.client import send_many
+def library_round(ips: list[str], known_machines: Path, timeout: float, fleet: Fleet, blocking: bool = False) -> dict:
+    """One send_many (or send_sync); also the CPU seconds it cost this process (the controller) and the agents."""
+    from mdp_controller.client import send_many, send_sync
     agents_cpu = fleet.cpu_seconds()
     cpu, start = time.process_time(), time.perf_counter()
-    replies = asyncio.run(send_many(ips, ["ping"], known_machines=str(known_machines), timeout=timeout))
+    if blocking:
+        replies = send_sync(ips, ["ping"], known_machines=str(known_machines), timeout=timeout)
+    else:
+        replies = asyncio.run(send_many(ips, ["ping"], known_machines=str(known_machines), timeout=timeout))
     wall = time.perf_counter() - start
     result = _tally(wall, replies)
     result["controller_cpu_s"] = round(time.process_time() - cpu, 3)
@@ -154,7 +159,7 @@ def _tally(wall: float, replies: dict) -> dict:
 
 def run(sizes: list[int], workers: int, rounds: int, timeout: float, cli_size: int = 100, out=sys.stdout) -> dict:
     C.raise_nofile(max(sizes) + 1024)
-    results: dict = {"workers": workers, "rounds": rounds, "library": {}, "cli": {}}
+    results: dict = {"workers": workers, "rounds": rounds, "library": {}, "blocking": {}, "cli": {}}
     with tempfile.TemporaryDirectory(prefix="mdp-bench-fanout-") as tmp:
         fleet = Fleet(max(sizes), workers, Path(tmp))
         try:
@@ -163,15 +168,11 @@ def run(sizes: list[int], workers: int, rounds: int, timeout: float, cli_size: i
             print(f"{max(sizes)} agents in {workers} processes started in {fleet.startup_s:.1f} s "
                   f"(RSS of the worker processes {results['agents_rss_mib']} MiB)", file=out, flush=True)
             for size in sizes:
-                runs = [library_round(fleet.ips[:size], fleet.known_machines, timeout, fleet) for _ in range(rounds)]
-                results["library"][size] = runs
-                walls = [r["wall_s"] for r in runs]
-                print(f"send_many ping to {size:>6}: wall {' '.join(f'{w:.3f}' for w in walls)} s "
-                      f"(median {statistics.median(walls):.3f}); answered "
-                      f"{' '.join(str(r['answered']) for r in runs)}; failed {' '.join(str(r['failed']) for r in runs)}"
-                      + (f" {runs[-1]['errors']}" if runs[-1]["errors"] else "")
-                      + f"; CPU controller {' '.join(str(r['controller_cpu_s']) for r in runs)} s, agents "
-                      f"{' '.join(str(r['agents_cpu_s']) for r in runs)} s; load {C.loadavg():.1f}", file=out, flush=True)
+                both = [library_round(fleet.ips[:size], fleet.known_machines, timeout, fleet, blocking)
+                        for _ in range(rounds) for blocking in (False, True)]
+                results["library"][size], results["blocking"][size] = both[0::2], both[1::2]
+                for name, runs in (("send_many", both[0::2]), ("send_sync", both[1::2])):
+                    _print_rounds(name, size, runs, out)
             if cli_size:
                 runs = [cli_round(fleet.ips[:cli_size], fleet.known_machines, timeout) for _ in range(rounds)]
                 results["cli"][cli_size] = runs
@@ -183,6 +184,16 @@ def run(sizes: list[int], workers: int, rounds: int, timeout: float, cli_size: i
         finally:
             fleet.close()
     return results
+
+
+def _print_rounds(name: str, size: int, runs: list[dict], out):
+    walls = [r["wall_s"] for r in runs]
+    print(f"{name} ping to {size:>6}: wall {' '.join(f'{w:.3f}' for w in walls)} s "
+          f"(median {statistics.median(walls):.3f}); answered "
+          f"{' '.join(str(r['answered']) for r in runs)}; failed {' '.join(str(r['failed']) for r in runs)}"
+          + (f" {runs[-1]['errors']}" if runs[-1]["errors"] else "")
+          + f"; CPU controller {' '.join(str(r['controller_cpu_s']) for r in runs)} s, agents "
+          f"{' '.join(str(r['agents_cpu_s']) for r in runs)} s; load {C.loadavg():.1f}", file=out, flush=True)
 
 
 def main(argv=None):

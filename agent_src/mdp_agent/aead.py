@@ -27,10 +27,13 @@ results back). Nothing mutable is shared but the loaded library, whose EVP calls
 OpenSSL 1.1+; for 1.0.x, importing _ssl, which we then do, installs the locking callbacks it needs.
 """
 
-import ctypes
 import os
 import re
 import threading
+
+# ctypes is imported when a libcrypto is first loaded (_Libcrypto), not here: the controller, which
+# seals with `cryptography`, then never loads it (a few ms of every `mdp send`, issue 11).
+ctypes = None
 
 KEY_SIZE = 32      # AES-256
 NONCE_SIZE = 12    # GCM's native IV size: used directly as J0's prefix, no GHASH of the IV
@@ -203,6 +206,8 @@ class _Libcrypto(object):
                 "EVP_DecryptInit_ex", "EVP_DecryptUpdate", "EVP_DecryptFinal_ex")
 
     def __init__(self, name):
+        global ctypes
+        import ctypes
         self.path = name
         lib = ctypes.CDLL(name)
         missing = [symbol for symbol in self.REQUIRED if not hasattr(lib, symbol)]
@@ -442,20 +447,25 @@ class CryptographyAesGcm(object):
         self._invalid_tag = CryptographyInvalidTag
         self.description = "cryptography %s AESGCM" % version
 
+    # One AESGCM object per call: MDP/2 derives a fresh key per message, so there is no key to keep one for.
     def seal(self, key, nonce, plaintext, aad=b""):
         """ciphertext || 16-byte tag of plaintext, authenticating aad too."""
-        _check_sizes(key, nonce)
-        return self._aesgcm(_as_bytes(key, "key")).encrypt(nonce, _as_bytes(plaintext, "plaintext"),
-                                                           _as_bytes(aad, "aad"))
+        if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+            _check_sizes(key, nonce)
+        if not (type(key) is type(plaintext) is type(aad) is bytes):   # the usual case, fast (as LibcryptoAesGcm)
+            key, plaintext, aad = _as_bytes(key, "key"), _as_bytes(plaintext, "plaintext"), _as_bytes(aad, "aad")
+        return self._aesgcm(key).encrypt(nonce, plaintext, aad)
 
     def open(self, key, nonce, data, aad=b""):
         """The plaintext of ciphertext || tag; InvalidTag if it does not authenticate."""
-        _check_sizes(key, nonce)
-        data = _as_bytes(data, "data")
+        if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+            _check_sizes(key, nonce)
+        if not (type(key) is type(data) is type(aad) is bytes):
+            key, data, aad = _as_bytes(key, "key"), _as_bytes(data, "data"), _as_bytes(aad, "aad")
         if len(data) < TAG_SIZE:
             raise InvalidTag("sealed data is %d bytes, shorter than the %d-byte tag" % (len(data), TAG_SIZE))
         try:
-            return self._aesgcm(_as_bytes(key, "key")).decrypt(nonce, data, _as_bytes(aad, "aad"))
+            return self._aesgcm(key).decrypt(nonce, data, aad)
         except self._invalid_tag:
             raise InvalidTag("AES-GCM tag mismatch: wrong key, nonce or associated data, or altered data")
 

@@ -36,7 +36,7 @@ from itertools import islice
 
 from . import aead as _aead
 from .errors import MDPError
-from .hkdf import HkdfExpander, hkdf_expand, hkdf_extract
+from .hkdf import HkdfExpander, hkdf_extract
 
 PROTOCOL_VERSION = 2            # header byte; a new major version changes the layout after byte 3
 VERSION_STRING = "2.0"          # the payload's "version" field: "major.minor"
@@ -193,9 +193,14 @@ def default_aead():
     return _AEAD[0]
 
 
-def direction_key(key, direction):
-    """The per-direction key: HKDF-Expand(HKDF-Extract("MDP/2 key schedule", machine key), "MDP/2 " + direction)."""
-    return hkdf_expand(hkdf_extract(KEY_SCHEDULE_SALT, key), b"MDP/2 " + direction, KEY_SIZE)
+def direction_key(key, direction, schedule=None):
+    """The per-direction key: HKDF-Expand(HKDF-Extract("MDP/2 key schedule", machine key), "MDP/2 " + direction).
+
+    `schedule`, an HkdfExpander of that Extract, lets KeyPair derive both directions from one Extract.
+    """
+    if schedule is None:
+        schedule = HkdfExpander(hkdf_extract(KEY_SCHEDULE_SALT, key))
+    return schedule.expand(b"MDP/2 " + direction, KEY_SIZE)
 
 
 class DirectionKey(object):
@@ -223,8 +228,10 @@ class KeyPair(object):
             raise ValueError("machine key must be %d bytes" % KEY_SIZE)
         aead = aead or default_aead()
         self.key = key
-        self.to_agent = DirectionKey(direction_key(key, TO_AGENT), aead)
-        self.to_controller = DirectionKey(direction_key(key, TO_CONTROLLER), aead)
+        # One Extract for both directions: a controller builds a KeyPair per machine of a fan-out.
+        schedule = HkdfExpander(hkdf_extract(KEY_SCHEDULE_SALT, key))
+        self.to_agent = DirectionKey(direction_key(key, TO_AGENT, schedule), aead)
+        self.to_controller = DirectionKey(direction_key(key, TO_CONTROLLER, schedule), aead)
 
     def for_direction(self, direction):
         return self.to_agent if direction == TO_AGENT else self.to_controller

@@ -22,6 +22,7 @@ import threading
 import types
 
 from .errors import MDPError
+from .names import MAX_NAME, NAME_PATTERN  # noqa: F401 (the registry's rule; names.py says why apart)
 
 log = logging.getLogger("mdp_agent.registry")
 
@@ -29,9 +30,6 @@ log = logging.getLogger("mdp_agent.registry")
 # that never reach an operation, so OperationError does not police the list.
 ERROR_CODES = ("unknown_operation", "not_allowed", "bad_arguments", "failed", "timeout", "busy",
                "not_available")
-# Operation names as requests may spell them: family.function or a bare legacy name.
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\Z")
-MAX_NAME = 64
 # The original MDP's operation names, kept working as aliases of today's operations.
 LEGACY_ALIASES = {
     "ping": "system.ping",

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
-import sqlite3
 import sys
 import time
 
 from mdp_agent import __version__, protocol
 from mdp_agent.errors import error_text
-from mdp_agent.registry import MAX_NAME, NAME_PATTERN
+from mdp_agent.names import MAX_NAME, NAME_PATTERN
 
 from . import client
 from .keystore import KeyStore, KeyStoreError, normalise_ip
@@ -173,9 +170,9 @@ def cmd_send(args) -> int:
             raise UsageError("--cluster-info must be a JSON object")
     if not operations and not cluster_info:
         raise UsageError("give at least one OPERATION (or --cluster-info)")
-    replies = asyncio.run(client.send_many(
+    replies = client.send_sync(
         targets, operations, cluster_info, keystore=keystore, port=args.port, timeout=args.timeout,
-        concurrency=args.concurrency, max_datagram=args.max_datagram, progress=_progress_printer(len(targets))))
+        concurrency=args.concurrency, max_datagram=args.max_datagram, progress=_progress_printer(len(targets)))
     if args.json:
         json.dump(replies, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -209,7 +206,11 @@ def _duration(text: str) -> float:
 
 
 def cmd_monitor(args) -> int:
+    # Imported here, not at the top: `mdp send` is the latency-critical command and needs none of these.
+    import asyncio
+    import logging
     import os
+    import sqlite3
 
     from mdp_agent.config import ConfigError, parse_hostport
 

@@ -8,16 +8,19 @@
 One UDP socket (IPv6 and IPv4) serves every machine; every datagram goes through the protocol's
 Endpoint, and replies are matched by message id, so thousands of machines cost one file descriptor
 and a few bytes of state each.
+
+Two drivers run the same requests: asyncio (`async with Client(...)`, send_many) for the monitor,
+the cluster verbs and other async callers, and the agent's small selector loop (mdp_agent.loop) for
+send_sync, so a one-shot `mdp send` or Ansible task never imports asyncio (which pulls in ssl,
+concurrent.futures, subprocess and logging: a large share of the CLI's start-up, issue 11).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from mdp_agent import protocol
 
@@ -35,36 +38,33 @@ RETRYABLE = ("restarted", "stale")
 MAX_FRESH_TRIES = 3
 
 
-@dataclass(eq=False)
 class _Pending:
-    ip: str
-    addr: tuple
-    keys: protocol.KeyPair
-    msg_id: bytes
-    datagrams: list[bytes]
-    payload: bytes
-    batch: _Batch
-    deadline: float
-    timeout: float
-    delays: list[float]
-    attempt: int = 0
-    tries: int = 0
-    fresh_tries: int = 0
-    bad_signatures: int = 0
-    partial: bool = False
-    timer: asyncio.TimerHandle | None = None
+    """One machine's request in flight. A plain class with __slots__ rather than a dataclass: one
+    is made per machine of a fan-out, and `dataclasses` would pull inspect into every `mdp send`."""
+
+    __slots__ = ("ip", "addr", "keys", "msg_id", "datagrams", "payload", "batch", "deadline", "timeout", "delays",
+                 "attempt", "tries", "fresh_tries", "bad_signatures", "partial", "timer")
+
+    def __init__(self, ip: str, addr: tuple, keys: protocol.KeyPair, payload: bytes, batch: _Batch,
+                 deadline: float, timeout: float, delays: list[float]):
+        self.ip, self.addr, self.keys, self.payload, self.batch = ip, addr, keys, payload, batch
+        self.deadline, self.timeout, self.delays = deadline, timeout, delays
+        self.msg_id = b""
+        self.datagrams: list[bytes] = []
+        self.attempt = self.tries = self.fresh_tries = self.bad_signatures = 0
+        self.partial = False
+        self.timer = None   # the driver's timer handle (asyncio.TimerHandle or the agent Loop's)
 
 
 class _Batch:
-    """One send_many call: results as they come, the in-flight count, and a future for the end."""
+    """One send_many call: results as they come, the in-flight count, and what to call at the end."""
 
-    def __init__(self, loop, total: int, progress):
-        self.loop = loop
+    def __init__(self, total: int, progress, done: Callable[[], None]):
         self.total = total
         self.progress = progress
         self.results: dict[str, dict] = {}
         self.in_flight = 0
-        self.finished = loop.create_future()
+        self.done = done
         self.start_more = lambda: None
 
     def finish(self, ip: str, result: dict):
@@ -73,8 +73,7 @@ class _Batch:
         if self.progress:
             self.progress(len(self.results), self.total)
         if len(self.results) == self.total:
-            if not self.finished.done():
-                self.finished.set_result(None)
+            self.done()
         else:
             self.start_more()
 
@@ -84,10 +83,12 @@ def failure(code: str, message: str) -> dict:
     return {"status": False, "error": {"code": code, "message": message}, "operations": [], "cluster_info": {}}
 
 
-class _Endpoint(asyncio.DatagramProtocol):
+class _Endpoint:
+    """The asyncio datagram protocol (asyncio.DatagramProtocol's methods, without importing asyncio here)."""
+
     def __init__(self, client: Client):
         self.client = client
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -96,6 +97,15 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.client._on_datagram(data, addr[:2])
 
     def error_received(self, exc):   # ICMP unreachable and the like: the retry timer copes
+        pass
+
+    def connection_lost(self, exc):
+        pass
+
+    def pause_writing(self):   # as DatagramProtocol: the transport keeps buffering what the kernel refused
+        pass
+
+    def resume_writing(self):
         pass
 
 
@@ -130,17 +140,25 @@ class Client:
         self._pending: dict[bytes, _Pending] = {}   # by msg_id
         self.endpoint = protocol.Endpoint(protocol.TO_CONTROLLER, self._keys_for, max_datagram=max_datagram)
         self._transport: _Endpoint | None = None
-        self._resend_task: asyncio.Task | None = None
+        self._resend_task = None
         self._dual = False
+        # The driver, set when the socket opens (asyncio's loop, or the agent's Loop in send_blocking).
+        self._time: Callable[[], float] = time.monotonic
+        self._call_at = None     # (when, callback, arg) -> handle
+        self._cancel = None      # (handle) -> None
+        self._send = None        # (datagram, addr) -> None
 
     def _keys_for(self, ip: str, msg_id: bytes):
         pending = self._pending.get(msg_id)
         return pending.keys if pending is not None else None
 
     async def __aenter__(self):
+        import asyncio
         loop = asyncio.get_running_loop()
         sock, self._dual = _open_socket()
         _, self._transport = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
+        self._time, self._call_at, self._cancel = loop.time, loop.call_at, asyncio.TimerHandle.cancel
+        self._send = self._transport.transport.sendto
         self._resend_task = asyncio.create_task(self._tick())
         return self
 
@@ -166,11 +184,61 @@ class Client:
         No task per machine: each request is a table entry with one loop timer driving its
         retransmissions, and at most `concurrency` are in flight (about 100 us of CPU per machine).
         """
+        import asyncio
+        finished = asyncio.get_running_loop().create_future()
+        batch, targets = self._begin(targets, operations, cluster_info, port, timeout, concurrency, progress,
+                                     lambda: finished.done() or finished.set_result(None))
+        if targets:
+            await finished
+        return {ip: batch.results[ip] for ip in targets}
+
+    def send_blocking(self, targets: Iterable[str], operations: list, cluster_info: dict | None = None, *,
+                      port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT_S,
+                      concurrency: int = DEFAULT_CONCURRENCY,
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+        """send_many without asyncio, on the agent's selector loop: opens and closes its own socket.
+
+        The socket stays blocking for sendto (a full send buffer then waits instead of dropping) and
+        is read with MSG_DONTWAIT whenever the selector says it is readable.
+        """
+        from mdp_agent.loop import Loop
+        loop = Loop()
+        sock, self._dual = _open_socket()
+        self._time, self._cancel, self._send = loop.time, loop.cancel, sock.sendto
+        self._call_at = lambda when, callback, arg: loop.call_later(when - loop.time(), callback, arg)
+        state = {"done": False}
+
+        def receive():
+            while True:
+                try:
+                    data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
+                except OSError:   # drained (EAGAIN), or an ICMP error: the retry timer copes
+                    return
+                self._on_datagram(data, addr[:2])
+
+        def tick():
+            self.endpoint.tick(int(time.time() * 1000), time.monotonic())
+            self._flush()
+            loop.call_later(protocol.RESEND_GAP_S, tick)
+
+        try:
+            loop.add_reader(sock, receive)
+            loop.call_later(protocol.RESEND_GAP_S, tick)
+            batch, targets = self._begin(targets, operations, cluster_info, port, timeout, concurrency, progress,
+                                         lambda: state.update(done=True))
+            while targets and not state["done"]:
+                loop.run_once()
+            return {ip: batch.results[ip] for ip in targets}
+        finally:
+            loop.close()
+            sock.close()
+
+    def _begin(self, targets, operations, cluster_info, port, timeout, concurrency, progress, done):
+        """Start the first `concurrency` requests; returns the batch and the targets without duplicates."""
         targets = list(dict.fromkeys(targets))
-        loop = asyncio.get_running_loop()
-        batch = _Batch(loop, len(targets), progress)
+        batch = _Batch(len(targets), progress, done)
         if not targets:
-            return {}
+            return batch, targets
         payload = protocol.dump_json(protocol.make_request(operations, cluster_info))
         waiting = iter(targets)
 
@@ -184,8 +252,7 @@ class Client:
 
         batch.start_more = start_more
         start_more()
-        await batch.finished
-        return {ip: batch.results[ip] for ip in targets}
+        return batch, targets
 
     def _start(self, batch: _Batch, ip: str, port: int, payload: bytes, timeout: float):
         try:
@@ -193,8 +260,8 @@ class Client:
         except KeyStoreError as exc:
             batch.finish(ip, failure(exc.code, exc.message))
             return
-        now = batch.loop.time()
-        pending = _Pending(ip, self._addr(ip, port), keys, b"", [], payload, batch, now + timeout, timeout,
+        now = self._time()
+        pending = _Pending(ip, self._addr(ip, port), keys, payload, batch, now + timeout, timeout,
                            protocol.retransmit_delays(self.rng))
         self._stamp(pending)
         self._transmit(pending)
@@ -211,7 +278,7 @@ class Client:
 
     def _transmit(self, pending: _Pending):
         """Send (or, for a partial reply, let RESENDs work) and arm the next retransmission."""
-        now = pending.batch.loop.time()
+        now = self._time()
         if now >= pending.deadline or pending.attempt >= len(pending.delays):
             self._finish(pending, self._timeout(pending))
             return
@@ -220,13 +287,13 @@ class Client:
             self._sendto(pending.datagrams, pending.addr)
         wake = min(now + pending.delays[pending.attempt], pending.deadline)
         pending.attempt += 1
-        pending.timer = pending.batch.loop.call_at(wake, self._transmit, pending)
+        pending.timer = self._call_at(wake, self._transmit, pending)
 
     def _finish(self, pending: _Pending, result: dict):
         if self._pending.pop(pending.msg_id, None) is None:
             return   # already finished
         if pending.timer is not None:
-            pending.timer.cancel()
+            self._cancel(pending.timer)
         self.endpoint.forget(pending.msg_id)
         pending.batch.finish(pending.ip, result)
 
@@ -242,14 +309,14 @@ class Client:
                        "this agent's: an agent ignores requests it cannot verify)")
 
     def _sendto(self, datagrams: list[bytes], addr: tuple):
-        transport = self._transport.transport
+        send = self._send
         for datagram in datagrams:
-            transport.sendto(datagram, addr)
+            send(datagram, addr)
 
     def _flush(self):
-        transport = self._transport.transport
+        send = self._send
         for addr, datagram in self.endpoint.datagrams_to_send():
-            transport.sendto(datagram, addr)
+            send(datagram, addr)
 
     # --- receiving --------------------------------------------------------------------------------
 
@@ -274,12 +341,12 @@ class Client:
         error = reply.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         if code in RETRYABLE and pending.fresh_tries < MAX_FRESH_TRIES and \
-                pending.batch.loop.time() < pending.deadline:
+                self._time() < pending.deadline:
             # The agent cannot tell this copy from a replay (it restarted, or our stamp is below its
             # floor): ask again as a new request. The user never sees this.
             pending.fresh_tries += 1
             if pending.timer is not None:
-                pending.timer.cancel()
+                self._cancel(pending.timer)
             pending.attempt, pending.partial = 0, False
             self._stamp(pending)
             self._transmit(pending)
@@ -288,6 +355,7 @@ class Client:
 
     async def _tick(self):
         """Every RESEND_GAP_S: ask agents for the chunks of replies that stopped short."""
+        import asyncio
         while True:
             await asyncio.sleep(protocol.RESEND_GAP_S)
             self.endpoint.tick(int(time.time() * 1000), time.monotonic())
@@ -320,6 +388,13 @@ async def send_many(targets: Iterable[str], operations: list, cluster_info: dict
                                       concurrency=concurrency, progress=progress)
 
 
-def send_sync(targets: Iterable[str], operations: list, cluster_info: dict | None = None, **kwargs) -> dict[str, dict]:
-    """Blocking send_many for scripts and the Ansible action plugin."""
-    return asyncio.run(send_many(targets, operations, cluster_info, **kwargs))
+def send_sync(targets: Iterable[str], operations: list, cluster_info: dict | None = None, *,
+              keystore: KeyStore | None = None, known_machines: str | None = None,
+              port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT_S,
+              concurrency: int = DEFAULT_CONCURRENCY, max_datagram: int = protocol.DEFAULT_MAX_DATAGRAM,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Blocking send_many for the CLI, scripts and the Ansible action plugin; needs no asyncio
+    (Client.send_blocking), and must not be called from a running event loop's thread."""
+    keystore = keystore or KeyStore(known_machines)
+    return Client(keystore, max_datagram).send_blocking(targets, operations, cluster_info, port=port,
+                                                        timeout=timeout, concurrency=concurrency, progress=progress)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
-from . import cluster
 from .cli import UsageError, _targets
 from .keystore import KeyStore
 
@@ -37,6 +35,10 @@ def add_parser(sub, common):
 
 
 def cmd_cluster(args) -> int:
+    # Here, not at the top: build_parser imports this module for every `mdp` command, `send` included.
+    import asyncio
+
+    from . import cluster
     keystore = KeyStore(args.known_machines)
     targets = _targets(args.targets, keystore)
     kwargs = {"keystore": keystore, "port": args.port, "timeout": args.timeout}

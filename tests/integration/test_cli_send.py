@@ -7,6 +7,7 @@ import hmac
 import json
 import re
 import socket
+import subprocess
 import time
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from mdp_agent import protocol
 from mdp_controller.keystore import KeyStore
 
-from .harness import raw_datagram, receive_reply, run_mdp, signed_request, write_config
+from .harness import PYTHON, mdp_env, raw_datagram, receive_reply, run_mdp, signed_request, write_config
 
 
 def send(known_machines, port, *args, timeout=10):
@@ -237,3 +238,39 @@ def test_ops_without_a_machine_lists_the_agents_own_and_the_mutating_operations_
     assert any(line.startswith("service.restart") and line.endswith("[mutating]") for line in table.splitlines())
     assert any(line.startswith("report.unsubscribe") and line.endswith("[changes agent state]")
                for line in table.splitlines())
+
+
+# What `mdp send` must not load (issue 11: its start-up is most of its latency). asyncio brings ssl,
+# concurrent.futures, subprocess and logging; the others belong to the monitor, the web side, `mdp
+# ops` or the agent's own AES-GCM.
+NOT_FOR_SEND = ("asyncio", "ssl", "sqlite3", "logging", "concurrent.futures", "subprocess", "ctypes",
+                "prometheus_client", "mdp_agent.registry", "mdp_controller.collector", "mdp_controller.storage",
+                "mdp_controller.web", "mdp_controller.metrics", "mdp_controller.cluster")
+
+
+def test_send_loads_only_what_sending_needs(spawn_agent, known_machines, port):
+    """The real CLI entry point in a fresh interpreter, against a real agent: it answers, and none of
+    NOT_FOR_SEND was imported on the way."""
+    spawn_agent("127.0.0.2")
+    code = ("import sys\nfrom mdp_controller.cli import main\n"
+            f"status = main(['send', '--json', '--known-machines', {str(known_machines)!r}, '--port', '{port}', "
+            "'127.0.0.2', 'ping'])\n"
+            f"print(sorted(m for m in {NOT_FOR_SEND!r} if m in sys.modules), file=sys.stderr)\n"
+            "sys.exit(status)\n")
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=mdp_env())
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["127.0.0.2"]["status"] is True
+    assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def test_help_lists_every_command_and_each_command_has_its_help():
+    """Lazy imports must not cost the help: every command is listed and documents itself."""
+    out = run_mdp("--help")
+    assert out.returncode == 0, out.stderr
+    commands = ("send", "monitor", "status", "ops", "keys", "cluster")
+    for command in commands:
+        assert re.search(rf"^\s+{command}\s+\S", out.stdout, re.MULTILINE), (command, out.stdout)
+    for command in commands:
+        page = run_mdp(command, "--help")
+        assert page.returncode == 0 and page.stdout.startswith(f"usage: mdp {command} "), page.stderr
+    assert "--http" in run_mdp("monitor", "--help").stdout and "--since" in run_mdp("status", "--help").stdout
