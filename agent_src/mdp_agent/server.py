@@ -171,7 +171,8 @@ class Agent(object):
                 log.error("monitor %s cannot be resolved (%s); reports are off until SIGHUP", host, exc)
         self._next_report = time.monotonic() + min(self.settings["interval"], 1.0) if self.monitor_addr else None
         self.enrolled = self._read_enrolled() == self.settings["monitor"] if self.settings["enrol"] else False
-        self._hello = None              # a new monitor (or SIGHUP) starts a new enrolment attempt
+        if self._hello is not None and self._hello["monitor"] != self.settings["monitor"]:
+            self._hello = None          # another monitor: a new enrolment attempt
 
     def stop(self):
         if self.sock is not None:
@@ -247,7 +248,8 @@ class Agent(object):
             agreement = kex.KeyAgreement()
             msg_id = protocol.new_msg_id()
             hello = self._hello = {"agreement": agreement, "msg_id": msg_id, "due": mono, "wait": HELLO_RETRY_FIRST_S,
-                                   "datagram": protocol.encode_hello(agreement.public_bytes, msg_id, now_ms())}
+                                   "datagram": protocol.encode_hello(agreement.public_bytes, msg_id, now_ms()),
+                                   "monitor": self.settings["monitor"]}
             log.info("no key yet: enrolling with the monitor %s by key agreement (HELLO)", self.settings["monitor"])
         if mono < hello["due"]:
             return
@@ -270,13 +272,16 @@ class Agent(object):
         path = os.path.join(self.state_dir, KEY_FILE)
         try:
             ensure_private_dir(self.state_dir)
-            if not create_private_file(path, protocol.hexlify(enrolment.keys.key) + "\n"):
-                log.warning("%s appeared while enrolling: using it, not the key agreed with the monitor", path)
+            stored = create_private_file(path, protocol.hexlify(enrolment.keys.key) + "\n")
             keys = read_key_file(path)
         except (IOError, OSError, ValueError) as exc:   # the next WELCOME (to our next HELLO) may fare better
             log.error("cannot store the enrolled key in %s: %s", path, exc)
             return True
-        self.keys, self._hello, self.enrolled = keys, None, True
+        self.keys, self._hello = keys, None
+        if not stored:   # another process (--init-only) wrote a key meanwhile: one key wins, never two
+            log.warning("%s appeared while enrolling: using it, not the key agreed with the monitor", path)
+            return True
+        self.enrolled = True
         self._write_enrolled("fingerprint %s identity %s\n" % (enrolment.fingerprint, enrolment.identity))
         # What `mdp keys list` shows for the pending machine: the operator compares the two.
         log.info("enrolled with the monitor %s as %s: enrolment fingerprint %s; on the monitor, after comparing: "

@@ -241,7 +241,7 @@ class Collector(asyncio.DatagramProtocol):
             elif event.code == "no_key":
                 self._hello_from_stranger(data, ip, addr)
             elif event.code == "bad_signature" and data[3:4] == _HELLO_KIND:
-                self._hello_from_known(ip)
+                self._hello_from_known(data, ip)
             else:
                 self._drop(ip, event.code, event.message)
         self._transmit()
@@ -341,10 +341,14 @@ class Collector(asyncio.DatagramProtocol):
             self._enrolments.popitem(last=False)
         self._send_raw(addr, enrolment.datagram)
 
-    def _hello_from_known(self, ip: str):
+    def _hello_from_known(self, data: bytes, ip: str):
         """A HELLO from a machine we hold a trusted key for: never a new key (like SSH known_hosts)."""
         if not self._stranger_allowed(ip, time.monotonic()):
             self._drop(ip, "rate_limited")
+            return
+        hello, answered = protocol.parse_hello(data), self._enrolments.get(ip)
+        if hello is not None and answered is not None and answered[0] == hello[1]:
+            self._drop(ip, "duplicate")   # a late copy of the HELLO whose key was since accepted
             return
         message = (f"{ip} sent a HELLO (a new enrolment) but has a trusted key in {self.keystore.file(ip)}; "
                    "refused. If the machine was re-installed, check it, then `mdp keys revoke` it and let it "
