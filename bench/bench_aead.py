@@ -22,7 +22,7 @@ import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "agent_src"))
 
-from mdp_agent import aead, hkdf, kex  # noqa: E402
+from mdp_agent import aead, hkdf, kex, protocol  # noqa: E402
 
 HEADER = 26
 DATAGRAM = 1200
@@ -138,6 +138,14 @@ def bench_kex(number):
     print("  %-58s %8.2f" % ("derive machine key + fingerprint, us",
                              fp + best_us(lambda: kex.derive_machine_key(b"z" * 384, b"host 10.0.0.5",
                                                                          agent.public_bytes, public), number, 3)))
+    # The wire steps as the monitor and the agent run them (protocol.py): all of the above together.
+    msg_id = os.urandom(8)
+    welcome = protocol.answer_hello(agent.public_bytes, "10.0.0.5", msg_id, 0).datagram
+    print("  %-58s %8.2f" % ("monitor: answer_hello (validate, keygen, secret, key, WELCOME)",
+                             best_us(lambda: protocol.answer_hello(agent.public_bytes, "10.0.0.5", msg_id, 0),
+                                     number, 3) / 1000))
+    print("  %-58s %8.2f" % ("agent: open_welcome (validate, secret, key, confirmation)",
+                             best_us(lambda: protocol.open_welcome(welcome, agent, msg_id), number, 3) / 1000))
 
 
 def main():

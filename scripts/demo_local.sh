@@ -38,16 +38,18 @@ wait_for 10 "the monitor to listen" grep -q "monitor listening" "$DEMO/monitor.l
 if grep -q "cannot listen" "$DEMO/monitor.log"; then cat "$DEMO/monitor.log" >&2; exit 1; fi
 
 for ip in "${AGENTS[@]}"; do
-  echo "== starting an agent on $ip:$PORT (reports every 2 s, offers its key to the monitor)"
+  echo "== starting an agent on $ip:$PORT (reports every 2 s, agrees its key with the monitor)"
   nohup "$BIN/python" -m mdp_agent --config /dev/null --bind "$ip" --port "$PORT" --state-dir "$DEMO/agent-$ip" \
     --monitor "127.0.0.1:$PORT" --interval 2 --enrol > "$DEMO/agent-$ip.log" 2>&1 &
   echo $! > "$DEMO/agent-$ip.pid"
 done
 
-echo "== enrolment: each agent's HELLO lands in pending/; the operator accepts it"
+echo "== enrolment: each agent agrees a key by HELLO; it waits in pending/ until the operator accepts it,"
+echo "   comparing the fingerprint the agent logged with the one the monitor filed"
 for ip in "${AGENTS[@]}"; do
-  wait_for 15 "the key of $ip" test -f "$MDP_KNOWN_MACHINES/pending/$ip.txt"
-  "$BIN/mdp" keys accept "$ip"
+  wait_for 15 "the enrolment of $ip" grep -q "enrolment fingerprint" "$DEMO/agent-$ip.log"
+  fingerprint=$(grep -o "enrolment fingerprint [A-Z2-7-]*" "$DEMO/agent-$ip.log" | tail -n1 | cut -d" " -f3)
+  "$BIN/mdp" keys accept "$ip" --fingerprint "$fingerprint"
 done
 "$BIN/mdp" keys list
 

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -19,7 +20,9 @@ Settings come from the config file; flags given here override it."""
 EPILOG = """\
 On first start the agent writes its key to STATE_DIR/agent.key (64 hex characters, mode 0600 in a
 0700 directory). That file's text is exactly what the monitoring host keeps as
-.known_machines/<ip>.txt: copying it there enrols the machine.
+.known_machines/<ip>.txt: copying it there enrols the machine. With --enrol and no key yet, the key
+is agreed with the monitor instead (ffdhe3072 key agreement, no key on the wire) and the agent logs
+its enrolment fingerprint, to compare with `mdp keys list` on the monitor before accepting it.
 Signals: SIGTERM/SIGINT exit cleanly, SIGHUP re-reads the config file (bind and port need a restart).
 Each start logs how the previous run ended: STATE_DIR/agent.running stays behind when a run did not
 exit cleanly, and the systemd unit records systemd's verdict in STATE_DIR/last-exit (mdp_agent/lastrun.py).
@@ -37,7 +40,8 @@ def build_parser():
     p.add_argument("--monitor", help="HOST:PORT of the monitoring host that receives reports (default: none)")
     p.add_argument("--interval", type=float, help="seconds between reports (default 60)")
     p.add_argument("--enrol", action="store_true", default=None,
-                   help="send this agent's key to the monitor in a first HELLO (trust on first use)")
+                   help="without a key, agree one with the monitor by HELLO (trust on first use, "
+                        "checked by the fingerprint the agent logs)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     p.add_argument("--init-only", action="store_true",
                    help="create the key if it is missing, print its path, and exit without listening")
@@ -71,15 +75,29 @@ def main(argv=None):
         sys.stderr.write("mdp-agent: cannot start: %s\n" % exc)
         return 1
     log.info("AES-256-GCM: %s", protocol.default_aead().description)
-    try:
-        keys, key_path, created = keyfile.load_or_create_key(settings["state_dir"])
-    except (OSError, ValueError) as exc:
-        sys.stderr.write("mdp-agent: cannot load or create the key: %s\n" % exc)
-        return 1
-    if created:
-        log.info("generated a new key in %s", key_path)
-    # What `mdp keys list` shows for this machine: compare the two before `mdp keys accept`.
-    log.info("key fingerprint %s (%s)", protocol.key_fingerprint(keys.key), key_path)
+    key_path = os.path.join(settings["state_dir"], keyfile.KEY_FILE)
+    keys = None
+    if settings["enrol"] and not args.init_only and not os.path.exists(key_path):
+        # The key is agreed with the monitor once the agent runs (server.Agent, HELLO/WELCOME).
+        if not settings["monitor"]:
+            sys.stderr.write("mdp-agent: enrol needs a monitor (HOST:PORT) to agree a key with\n")
+            return 2
+        try:
+            keyfile.ensure_private_dir(settings["state_dir"])
+        except OSError as exc:
+            sys.stderr.write("mdp-agent: cannot create the state directory: %s\n" % exc)
+            return 1
+        log.info("no key in %s: enrolling, the key is agreed with the monitor %s", key_path, settings["monitor"])
+    else:
+        try:
+            keys, key_path, created = keyfile.load_or_create_key(settings["state_dir"])
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("mdp-agent: cannot load or create the key: %s\n" % exc)
+            return 1
+        if created:
+            log.info("generated a new key in %s", key_path)
+        # What `mdp keys list` shows for this machine: compare the two before `mdp keys accept`.
+        log.info("key fingerprint %s (%s)", protocol.key_fingerprint(keys.key), key_path)
     if args.init_only:
         print(key_path)
         return 0

@@ -19,7 +19,7 @@ SETTINGS = {
     "report_operations": ("system.uptime, load.avg, memory.info, filesystem.usage", list),
     "allow": ("*", list),                     # fnmatch patterns of operations this agent runs
     "enable_mutating": (False, bool),         # operations that change the machine stay off unless true
-    "enrol": (False, bool),                   # send a HELLO carrying the key (trust on first use)
+    "enrol": (False, bool),                   # no key yet: agree one with the monitor by HELLO (ffdhe3072)
     "max_datagram": (protocol.DEFAULT_MAX_DATAGRAM, int),
     "workers": (4, int),                      # threads running operations off the event loop
     "operation_timeout": (10.0, float),       # seconds before an operation's result becomes "timeout"

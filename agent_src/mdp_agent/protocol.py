@@ -15,10 +15,10 @@ A datagram is::
     message_key = HKDF-Expand(direction_key, "MDP/2 message" | kind | msg_id | timestamp_ms, 32)
 
 A message (a JSON object, optionally zlib-compressed) is cut into chunk_count bodies; every chunk is
-sealed on its own, so a forged or damaged chunk is dropped before reassembly. The one exception is
-the HELLO (enrolment by trust on first use): its body stays clear, because the receiver has no key
-yet; its tag authenticates header and body (GMAC, empty plaintext). docs/protocol.md has the argument
-why no nonce repeats under one key.
+sealed on its own, so a forged or damaged chunk is dropped before reassembly. The two exceptions
+are the enrolment datagrams, HELLO and WELCOME, sent before there is a key: they carry ffdhe3072
+public values (kex.py) and the address the monitor saw, never a key nor any JSON. docs/protocol.md
+has the layouts, and the argument why no nonce repeats under one key.
 
 Must run on Python 3.4, standard library only (the agent imports it).
 """
@@ -35,6 +35,7 @@ from collections import OrderedDict, namedtuple
 from itertools import islice
 
 from . import aead as _aead
+from . import kex
 from .errors import MDPError
 from .hkdf import HkdfExpander, hkdf_extract
 
@@ -50,18 +51,20 @@ MAGIC = b"MD"
 REQUEST = 1   # controller -> agent: {"version", "operations", "cluster_info"}
 REPLY = 2     # agent -> controller: {"status", "version", "operations", "cluster_info"}; msg_id = request's
 REPORT = 3    # agent -> monitor: a reply-shaped object pushed every interval
-HELLO = 4     # agent -> monitor: enrolment, carries the agent's key (trust on first use, opt-in)
+HELLO = 4     # agent -> monitor: enrolment, the agent's ffdhe3072 public value (clear, no key, no JSON)
 RESEND = 5    # either way: {"missing": [chunk indices]} for the message with this msg_id
-ACK = 6       # monitor -> agent: {"ack": "report"|"hello", "state": ...} after a stored report / a hello
+ACK = 6       # monitor -> agent: {"ack": "report"} after a stored report
 CHALLENGE = 7  # agent -> controller: {"token", "count"}: "your reply is ready; prove this address is yours"
+WELCOME = 8   # monitor -> agent: the answer to a HELLO: its public value, the address it saw, a key confirmation
 KIND_NAMES = {REQUEST: "request", REPLY: "reply", REPORT: "report", HELLO: "hello", RESEND: "resend", ACK: "ack",
-              CHALLENGE: "challenge"}
+              CHALLENGE: "challenge", WELCOME: "welcome"}
 
 # Directions. Each direction seals with its own key derived from the machine key, so a datagram
-# sealed for one direction never opens for the other, whatever its kind byte says.
+# sealed for one direction never opens for the other, whatever its kind byte says. These are the
+# sealed kinds; HELLO (to the monitor) and WELCOME (to the agent) are the enrolment's, never sealed.
 TO_AGENT = b"to-agent"
 TO_CONTROLLER = b"to-controller"
-KINDS_BY_DIRECTION = {TO_AGENT: (REQUEST, RESEND, ACK), TO_CONTROLLER: (REPLY, REPORT, HELLO, RESEND, CHALLENGE)}
+KINDS_BY_DIRECTION = {TO_AGENT: (REQUEST, RESEND, ACK), TO_CONTROLLER: (REPLY, REPORT, RESEND, CHALLENGE)}
 
 FLAG_ZLIB = 0x01                # the message bytes (all chunks joined) are a zlib stream
 
@@ -243,8 +246,6 @@ class KeyPair(object):
 
 def _seal(seal, message_key, kind, index, head, body):
     """One datagram from its header and chunk body: the only place anything is sealed."""
-    if kind == HELLO:   # clear body (the monitor has no key yet), authenticated with the header: GMAC
-        return head + body + seal(message_key, NONCE.pack(index), b"", head + body)
     return head + seal(message_key, NONCE.pack(index), body, head)
 
 
@@ -390,11 +391,7 @@ def open_datagram(datagram, keys, direction):
     dkey = keys.for_direction(direction)
     message_key = dkey.message_key(kind, msg_id, timestamp_ms)
     try:
-        if kind == HELLO:
-            body = datagram[HEADER_SIZE:-TAG_SIZE]
-            dkey.aead.open(message_key, NONCE.pack(index), datagram[-TAG_SIZE:], datagram[:-TAG_SIZE])
-        else:
-            body = dkey.aead.open(message_key, NONCE.pack(index), datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
+        body = dkey.aead.open(message_key, NONCE.pack(index), datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
     except _aead.InvalidTag:
         raise ProtocolError("bad_signature", "AES-GCM tag does not verify with this machine's key")
     if version != PROTOCOL_VERSION:
@@ -946,28 +943,111 @@ def same_fingerprint(given, expected):
     return hmac.compare_digest(norm(given), norm(expected))
 
 
-# --- HELLO from a stranger ----------------------------------------------------------------------
+# --- Enrolment: HELLO and WELCOME, the two datagrams sent before there is a key --------------------
+#
+# The agent sends HELLO = header | Y_agent (384 bytes): nothing else, no JSON (nothing can be sealed
+# yet). The monitor answers WELCOME = header (its msg_id is the HELLO's) | Y_monitor (384) | len u8 |
+# the agent's address as the monitor saw it (ASCII) | confirmation (16). Both derive the machine key
+# from the transcript (kex.derive_machine_key) with that address as the agent's identity; the
+# confirmation is the AES-GCM tag of an empty plaintext under the new key's to-agent message key
+# for (WELCOME, msg_id, timestamp_ms), with everything before it as associated data: the agent
+# learns that the monitor derived the same key (not who the monitor is: that is the fingerprint's job).
 
-def open_hello(datagram):
-    """(key_text, KeyPair, hello) if datagram is a single-datagram HELLO sealed with the key it carries.
+HELLO_SIZE = HEADER_SIZE + kex.PUBLIC_SIZE      # 410: every HELLO is exactly this long
+# The address text of the identity: an IPv6 address with an IPv4 tail is at most 45 characters.
+MAX_IDENTITY = 64
+# A WELCOME is at most 26 + 384 + 1 + 64 + 16 = 491 bytes against the HELLO's 410: within the 3x
+# rule for an unproven address (AMPLIFICATION_FACTOR), so a forged HELLO reflects nothing bigger.
+MAX_WELCOME_SIZE = HELLO_SIZE + 1 + MAX_IDENTITY + TAG_SIZE
 
-    The one place that parses before verifying: a stranger has no key yet to verify with. It is
-    bounded (one small uncompressed datagram, checked with the offered key right after) and proves
-    only possession of the offered key. Returns None for anything else.
-    """
-    if not OVERHEAD < len(datagram) <= DEFAULT_MAX_DATAGRAM or datagram[:2] != MAGIC:
+Enrolment = namedtuple("Enrolment", "keys fingerprint identity datagram")
+
+
+def encode_hello(agent_public, msg_id, timestamp_ms):
+    """The agent's HELLO: the header and its public value (kex.KeyAgreement.public_bytes), nothing else."""
+    if len(agent_public) != kex.PUBLIC_SIZE or len(msg_id) != 8:
+        raise ValueError("a HELLO carries a %d-byte public value and an 8-byte msg_id" % kex.PUBLIC_SIZE)
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, HELLO, 0, 0, 0, 1, msg_id, timestamp_ms) + agent_public
+
+
+def parse_hello(datagram):
+    """(msg_id, agent_public) of a well-formed HELLO, or None. Only the shape is checked: the public
+    value is validated by answer_hello, which a caller rate-limits (it costs ~19 ms)."""
+    if len(datagram) != HELLO_SIZE or datagram[:2] != MAGIC:
         return None
-    _, version, kind, flags, _, index, count, _, _ = HEADER.unpack_from(datagram)
-    if (version, kind, flags, index, count) != (PROTOCOL_VERSION, HELLO, 0, 0, 1):
+    _, version, kind, flags, reserved, index, count, msg_id, _ = HEADER.unpack_from(datagram)
+    if (version, kind, flags, reserved, index, count) != (PROTOCOL_VERSION, HELLO, 0, 0, 0, 1):
         return None
+    return msg_id, datagram[HEADER_SIZE:]
+
+
+def _confirmation(keys, msg_id, timestamp_ms, signed):
+    dkey = keys.to_agent
+    return dkey.aead.seal(dkey.message_key(WELCOME, msg_id, timestamp_ms), NONCE.pack(0), b"", signed)
+
+
+def _agreed(agreement, peer_public, identity, agent_public, monitor_public, aead):
+    """(KeyPair, fingerprint) from one side's KeyAgreement and the transcript; bad_public_value if refused."""
     try:
-        hello = decode_body(0, datagram[HEADER_SIZE:-TAG_SIZE])
-        key_text = hello.get("key")
-        keys = KeyPair.from_text(key_text if isinstance(key_text, str) else "")
-        open_datagram(datagram, keys, TO_CONTROLLER)
-    except (ProtocolError, ValueError):
-        return None
-    return key_text.strip(), keys, hello
+        secret = agreement.shared_secret(peer_public)
+    except kex.BadPublicValue as exc:
+        raise ProtocolError("bad_public_value", str(exc))
+    key = kex.derive_machine_key(secret, identity, agent_public, monitor_public)
+    return KeyPair(key, aead), kex.fingerprint(identity, agent_public, monitor_public)
+
+
+def answer_hello(agent_public, identity, msg_id, timestamp_ms, aead=None, agreement=None):
+    """The monitor's side of an enrolment: validate Y_agent (RFC 7919 s5.1), agree, derive the key.
+
+    identity is the agent's address as the monitor saw it (text). Returns an Enrolment whose
+    datagram is the WELCOME to send back; ProtocolError("bad_public_value") for a refused value.
+    agreement is given only by tests (fixed exponents, for the vectors).
+    """
+    identity = identity.encode("ascii")
+    if not 0 < len(identity) <= MAX_IDENTITY:
+        raise ValueError("an enrolment identity is 1 to %d ASCII characters" % MAX_IDENTITY)
+    agreement = agreement or kex.KeyAgreement()
+    keys, fingerprint = _agreed(agreement, agent_public, identity, agent_public, agreement.public_bytes, aead)
+    signed = (HEADER.pack(MAGIC, PROTOCOL_VERSION, WELCOME, 0, 0, 0, 1, msg_id, timestamp_ms)
+              + agreement.public_bytes + struct.pack("!B", len(identity)) + identity)
+    return Enrolment(keys, fingerprint, identity.decode("ascii"),
+                     signed + _confirmation(keys, msg_id, timestamp_ms, signed))
+
+
+def open_welcome(datagram, agreement, msg_id, aead=None):
+    """The agent's side: the Enrolment that the WELCOME to our HELLO (msg_id) gives, or ProtocolError.
+
+    Checks the layout, that it answers our HELLO, validates Y_monitor, derives the key with the
+    identity the monitor echoed, and checks the key confirmation ("bad_signature" if it fails).
+    """
+    fixed = HEADER_SIZE + kex.PUBLIC_SIZE
+    if not fixed + 1 + TAG_SIZE < len(datagram) <= MAX_WELCOME_SIZE or datagram[:2] != MAGIC:
+        raise ProtocolError("bad_welcome", "a WELCOME is %d to %d bytes, got %d"
+                            % (fixed + 2 + TAG_SIZE, MAX_WELCOME_SIZE, len(datagram)))
+    _, version, kind, flags, reserved, index, count, their_id, timestamp_ms = HEADER.unpack_from(datagram)
+    if (version, kind, flags, reserved, index, count) != (PROTOCOL_VERSION, WELCOME, 0, 0, 0, 1):
+        raise ProtocolError("bad_welcome", "not a single-datagram WELCOME of version %d" % PROTOCOL_VERSION)
+    if their_id != msg_id:
+        raise ProtocolError("unexpected_welcome", "a WELCOME for another HELLO than ours")
+    length = bytearray(datagram[fixed:fixed + 1])[0]
+    identity = datagram[fixed + 1:-TAG_SIZE]
+    if len(identity) != length or not 0 < length <= MAX_IDENTITY:
+        raise ProtocolError("bad_welcome", "the identity's length byte says %d, %d bytes follow"
+                            % (length, len(identity)))
+    monitor_public = datagram[HEADER_SIZE:fixed]
+    keys, fingerprint = _agreed(agreement, monitor_public, identity, agreement.public_bytes, monitor_public, aead)
+    signed = datagram[:-TAG_SIZE]
+    try:
+        keys.to_agent.aead.open(keys.to_agent.message_key(WELCOME, msg_id, timestamp_ms), NONCE.pack(0),
+                                datagram[-TAG_SIZE:], signed)
+    except _aead.InvalidTag:
+        raise ProtocolError("bad_signature", "the WELCOME's key confirmation does not verify: the monitor "
+                            "derived another key (or the datagram was damaged)")
+    try:
+        text = identity.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_welcome", "the identity is not ASCII")
+    return Enrolment(keys, fingerprint, text, datagram)
 
 
 # --- The receiver: one object every side feeds its datagrams to -----------------------------------

@@ -4,7 +4,6 @@ One Agent serves one UDP socket. Several agents can share one Loop and one worke
 benchmarks run thousands per process); `python3 -m mdp_agent` runs exactly one.
 """
 
-import binascii
 import json
 import logging
 import math
@@ -14,16 +13,20 @@ import socket
 import threading
 import time
 
-from . import protocol
+from . import kex, protocol
 from .config import parse_hostport
-from .keyfile import write_private_file
+from .keyfile import KEY_FILE, create_private_file, ensure_private_dir, read_key_file, write_private_file
 from .registry import OperationError
 from .spool import SPOOL_DIR, ReportSpool
 
 log = logging.getLogger("mdp_agent")
 
 SUBSCRIPTIONS_FILE = "subscriptions.json"
-ENROLLED_FILE = "enrolled"      # holds the monitor address that acknowledged our HELLO
+ENROLLED_FILE = "enrolled"      # the monitor address our key was agreed with, then its fingerprint
+# While enrolling, the same HELLO goes out again until the monitor answers: after 1 s, doubling up to
+# 30 s, so an absent monitor costs one 410-byte datagram every 30 s.
+HELLO_RETRY_FIRST_S = 1.0
+HELLO_RETRY_MAX_S = 30.0
 MAX_SUBSCRIPTIONS = 32          # each one adds an operation run to every report it is due in
 MIN_SUBSCRIPTION_EVERY_S = 1.0
 # Operations queued or running on the pool; past this, new ones answer "busy" at once rather than
@@ -115,7 +118,8 @@ class Agent(object):
                       "reports_acked": 0, "hellos": 0, "dropped": {}}
         self._last_drop_log = {}
         self.monitor_addr = None
-        self.enrolled = False           # the monitor acknowledged our HELLO (only tracked when enrol is on)
+        self.enrolled = False           # our key was agreed with the monitor by HELLO (tracked when enrol is on)
+        self._hello = None              # the enrolment under way: KeyAgreement, msg_id, HELLO bytes, next send
         self._monitor_silent = False    # no ACK since the last report: the monitor may be down
         self.subscriptions = {}         # "name" or json of {"name","args"} -> {"operation", "every", "due"}
         self._next_report = None
@@ -151,6 +155,8 @@ class Agent(object):
         self.spool.load(time.time(), time.monotonic())
         self._load_subscriptions()
         self.configure_reporting()
+        if self.keys is None and self.monitor_addr is not None:
+            self._say_hello(time.monotonic())
         self._timer = self.loop.call_later(1.0, self._tick)
 
     def configure_reporting(self):
@@ -165,6 +171,8 @@ class Agent(object):
                 log.error("monitor %s cannot be resolved (%s); reports are off until SIGHUP", host, exc)
         self._next_report = time.monotonic() + min(self.settings["interval"], 1.0) if self.monitor_addr else None
         self.enrolled = self._read_enrolled() == self.settings["monitor"] if self.settings["enrol"] else False
+        if self._hello is not None and self._hello["monitor"] != self.settings["monitor"]:
+            self._hello = None          # another monitor: a new enrolment attempt
 
     def stop(self):
         if self.sock is not None:
@@ -202,7 +210,7 @@ class Agent(object):
                     self._handle_ack(event)
             elif isinstance(event, protocol.Duplicate):
                 self.stats["duplicates"] += 1
-            else:
+            elif not (event.code == "no_key" and self._hello is not None and self._on_welcome(data, peer)):
                 self._count_drop(event.code, peer)
         self._flush()
 
@@ -230,10 +238,56 @@ class Agent(object):
             if self._monitor_silent:   # it is back: drain the backlog (at the spool's bounded rate)
                 self._monitor_silent = False
                 self.spool.hurry(time.monotonic())
-        elif what == "hello" and message.obj.get("state") == "trusted" and not self.enrolled:
-            log.info("monitor %s:%d trusts this agent's key", message.addr[0], message.addr[1])
-            self.enrolled = True
-            self._write_enrolled()
+
+    # --- enrolment: agree a key with the monitor (docs/protocol.md, HELLO and WELCOME) ----------------
+
+    def _say_hello(self, mono):
+        """While we have no key: the same HELLO (one KeyAgreement per attempt) until the monitor answers."""
+        hello = self._hello
+        if hello is None:
+            agreement = kex.KeyAgreement()
+            msg_id = protocol.new_msg_id()
+            hello = self._hello = {"agreement": agreement, "msg_id": msg_id, "due": mono, "wait": HELLO_RETRY_FIRST_S,
+                                   "datagram": protocol.encode_hello(agreement.public_bytes, msg_id, now_ms()),
+                                   "monitor": self.settings["monitor"]}
+            log.info("no key yet: enrolling with the monitor %s by key agreement (HELLO)", self.settings["monitor"])
+        if mono < hello["due"]:
+            return
+        hello["due"], hello["wait"] = mono + hello["wait"], min(2 * hello["wait"], HELLO_RETRY_MAX_S)
+        try:
+            self.sock.sendto(hello["datagram"], self.monitor_addr)
+        except OSError as exc:
+            self._count_drop("send_failed", self.monitor_addr, str(exc))
+        self.stats["hellos"] += 1
+
+    def _on_welcome(self, data, peer):
+        """The monitor's answer to our HELLO: derive, confirm, store the key. False if data is no WELCOME."""
+        if peer != self.monitor_addr or data[3:4] != bytearray([protocol.WELCOME]):
+            return False
+        try:
+            enrolment = protocol.open_welcome(data, self._hello["agreement"], self._hello["msg_id"])
+        except protocol.ProtocolError as exc:
+            self._count_drop(exc.code, peer, exc.message)
+            return True
+        path = os.path.join(self.state_dir, KEY_FILE)
+        try:
+            ensure_private_dir(self.state_dir)
+            stored = create_private_file(path, protocol.hexlify(enrolment.keys.key) + "\n")
+            keys = read_key_file(path)
+        except (IOError, OSError, ValueError) as exc:   # the next WELCOME (to our next HELLO) may fare better
+            log.error("cannot store the enrolled key in %s: %s", path, exc)
+            return True
+        self.keys, self._hello = keys, None
+        if not stored:   # another process (--init-only) wrote a key meanwhile: one key wins, never two
+            log.warning("%s appeared while enrolling: using it, not the key agreed with the monitor", path)
+            return True
+        self.enrolled = True
+        self._write_enrolled("fingerprint %s identity %s\n" % (enrolment.fingerprint, enrolment.identity))
+        # What `mdp keys list` shows for the pending machine: the operator compares the two.
+        log.info("enrolled with the monitor %s as %s: enrolment fingerprint %s; on the monitor, after comparing: "
+                 "mdp keys accept %s --fingerprint %s (key in %s)", self.settings["monitor"], enrolment.identity,
+                 enrolment.fingerprint, enrolment.identity, enrolment.fingerprint, path)
+        return True
 
     # --- running operations -----------------------------------------------------------------------
 
@@ -383,6 +437,9 @@ class Agent(object):
         if self.monitor_addr is None:
             self._flush()
             return
+        if self.keys is None:   # enrolling: nothing can be sealed yet
+            self._say_hello(mono)
+            return
         for msg_id, payload in self.spool.due(time.time(), mono):
             self._monitor_silent = True
             self._send(self.monitor_addr, protocol.REPORT, payload, msg_id, response=False)
@@ -399,14 +456,7 @@ class Agent(object):
         self._flush()
 
     def report(self, operations):
-        """Run operations and push the sealed results to the monitor (a HELLO first while enrolling)."""
-        if self.settings["enrol"] and not self.enrolled:
-            from . import __version__
-            hello = {"version": protocol.VERSION_STRING, "key": binascii.hexlify(self.keys.key).decode(),
-                     "hostname": socket.gethostname(), "agent_version": __version__}
-            # Uncompressed: the monitor reads a HELLO before it can verify it, and refuses zlib there.
-            self._send(self.monitor_addr, protocol.HELLO, hello, response=False, cache=False, compress=False)
-            self.stats["hellos"] += 1
+        """Run operations and push the sealed results to the monitor."""
         self.run_operations(self.monitor_addr, None, operations, None, self._report_done, protocol.REPORT)
 
     def _report_done(self, job):
@@ -425,13 +475,13 @@ class Agent(object):
     def _read_enrolled(self):
         try:
             with open(self._enrolled_path()) as handle:
-                return handle.read(1024).strip()
+                return handle.read(1024).split("\n", 1)[0].strip()
         except (IOError, OSError):
             return None
 
-    def _write_enrolled(self):
+    def _write_enrolled(self, detail=""):
         try:
-            write_private_file(self._enrolled_path(), self.settings["monitor"] + "\n")
+            write_private_file(self._enrolled_path(), self.settings["monitor"] + "\n" + detail)
         except (IOError, OSError) as exc:
             log.error("cannot remember the enrolment in %s: %s", self._enrolled_path(), exc)
 

@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="0.0.0.0:12345", metavar="ADDR:PORT", help="default %(default)s")
     p.add_argument("--db", default="mdp.db", metavar="FILE", help="SQLite database (default %(default)s)")
     p.add_argument("--accept-new", action="store_true",
-                   help="trust keys offered by unknown machines in a HELLO at once (open enrolment)")
+                   help="trust keys agreed with unknown machines by HELLO at once (open enrolment: trust "
+                   "on first use, no fingerprint is compared)")
     p.add_argument("--http", nargs="?", type=_http_address, const=("127.0.0.1", 9123), metavar="[ADDR:]PORT",
                    help="serve /metrics, the fleet page and /api on this address (off by default; "
                    "bare --http: 127.0.0.1:9123; a bare PORT is on 127.0.0.1)")
@@ -495,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, timeout=False)
     p.add_argument("action", choices=["list", "accept", "reject", "revoke"])
     p.add_argument("ip", nargs="?", help="the machine (for accept, reject, revoke)")
-    p.add_argument("--fingerprint", metavar="FP", help="accept only if the offered key has this fingerprint "
-                   "(the agent logs its own at start: `key fingerprint XXXX-XXXX-XXXX-XXXX`)")
+    p.add_argument("--fingerprint", metavar="FP", help="accept only if the enrolment has this fingerprint "
+                   "(the agent logs it: `enrolment fingerprint XXXX-XXXX-XXXX-XXXX`); without it, accept "
+                   "is trust on first use")
     p.add_argument("--json", action="store_true", help="machine-readable output (list)")
     p.set_defaults(func=cmd_keys)
 

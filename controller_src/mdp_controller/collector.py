@@ -5,11 +5,13 @@ Reports are stored in SQLite and acknowledged only once a committed transaction 
 ACK always means "stored"; a report sent again is acknowledged again and stored once (its msg_id
 is unique in the database, across restarts of the monitor).
 
-HELLO (enrolment): an unknown machine's offered key is filed under pending/ (or trusted at once
-with --accept-new); the first offer for an address stays, a different later one is reported, never
-swapped in; a known machine offering a different key is refused and reported, never trusted. The
-path for strangers is cheap and stateless: constant work per datagram, a rate limit before any
-disk write, nothing written twice, and every log line rate-limited.
+HELLO (enrolment by key agreement, docs/protocol.md): an unknown address's HELLO carries an
+ffdhe3072 public value; the collector validates it, agrees a key, files key and fingerprint under
+pending/ (or trusts it at once with --accept-new: trust on first use) and answers with a WELCOME.
+One enrolment per address: the same HELLO again gets the same WELCOME (its answer was lost), a new
+one replaces the pending key (the operator's fingerprint check decides). A HELLO from a machine
+with a trusted key is refused and reported, never trusted. The path for strangers is cheap: a shape
+check and token buckets before any key agreement (~19 ms) or disk write, every log line rate-limited.
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ FLUSH_RETRY_MAX_S = 5.0
 # Keys offered by strangers and waiting for `mdp keys accept`. Anyone can send a HELLO from any
 # (forged) address; past this many, new offers are refused until the operator clears pending/.
 MAX_PENDING_KEYS = 256
-# New offers written to pending/ per second, whatever their source: each costs a file and an fsync,
-# and forged sources make a per-address limit alone worthless. Ten a second enrols a fleet of
-# hundreds in a minute; a flood costs at most ten writes a second.
-OFFERS_PER_S = 10.0
-# HELLOs from strangers examined per second per source IP (a token bucket, burst 5): each costs an
-# HMAC with the offered key; past the rate they are dropped before any work.
+# Key agreements per second, whatever their source: each costs ~19 ms of CPU (our keygen, and the
+# shared secret with the peer value's validation; docs/mdp2-design.md) plus two files and fsyncs,
+# and forged sources make a per-address limit alone worthless. Five a second is a tenth of a core
+# and enrols 300 machines in a minute; a flood gets no more.
+KEY_AGREEMENTS_PER_S = 5.0
+# Answered enrolments remembered (address -> its HELLO's public value and our WELCOME), so a repeated
+# HELLO gets the same answer without a new key agreement; LRU, so forged sources cannot grow it.
+ENROLMENT_TABLE_ENTRIES = 4 * MAX_PENDING_KEYS
+# HELLOs from strangers examined per second per source IP (a token bucket, burst 5); past the rate
+# they are dropped before any work.
 STRANGER_HELLOS_PER_S = 2.0
 STRANGER_BURST = 5.0
 STRANGER_TABLE_ENTRIES = 4096  # sources tracked for that limit (LRU: forged sources cannot grow it)
@@ -87,10 +93,10 @@ class Collector(asyncio.DatagramProtocol):
         self.stats = {"received": 0, "reports": 0, "acked": 0, "hellos": 0, "dropped": {}}
         self._warned: dict[str, float] = {}
         self._strangers: OrderedDict[str, _Bucket] = OrderedDict()
-        self._offers = _Bucket(OFFERS_PER_S, time.monotonic())
+        self._agreements = _Bucket(KEY_AGREEMENTS_PER_S, time.monotonic())
         self._all_strangers = _Bucket(STRANGERS_PER_S, time.monotonic())
         self._pending_count: int | None = None
-        self._offered: set[tuple[str, str]] = set()   # (ip, key) already handled: never written twice
+        self._enrolments: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()   # ip -> (Y_agent, WELCOME)
         self._flush_failures = 0
         self._next_flush = 0.0
         self._last_flush = 0.0
@@ -224,9 +230,6 @@ class Collector(asyncio.DatagramProtocol):
             if isinstance(event, protocol.Message):
                 if event.kind == protocol.REPORT:
                     self._store(ip, event)
-                elif event.kind == protocol.HELLO:
-                    self.stats["hellos"] += 1
-                    self._ack_hello(addr, event.keys)
                 else:
                     self._drop(ip, "unexpected_kind")
             elif isinstance(event, protocol.Duplicate):
@@ -237,8 +240,8 @@ class Collector(asyncio.DatagramProtocol):
                                        time.monotonic(), event.msg_id, cache=False)
             elif event.code == "no_key":
                 self._hello_from_stranger(data, ip, addr)
-            elif event.code == "bad_signature" and self._offered_key_differs(data, ip):
-                pass
+            elif event.code == "bad_signature" and data[3:4] == _HELLO_KIND:
+                self._hello_from_known(data, ip)
             else:
                 self._drop(ip, event.code, event.message)
         self._transmit()
@@ -252,10 +255,6 @@ class Collector(asyncio.DatagramProtocol):
             self._drop(ip, "buffer_full")
             return
         self.stats["reports"] += 1
-
-    def _ack_hello(self, addr, keys):
-        self.endpoint.send(addr, protocol.ACK, {"ack": "hello", "state": "trusted"}, keys, _now_ms(),
-                           time.monotonic(), cache=False)
 
     def _transmit(self):
         if self.transport is None:
@@ -284,89 +283,84 @@ class Collector(asyncio.DatagramProtocol):
         return self._pending_count
 
     def _hello_from_stranger(self, data: bytes, ip: str, addr):
-        """An unknown address may only say HELLO, self-signed with the key it offers (trust on first use)."""
+        """An unknown address may only say HELLO: agree a key with it, file it, answer WELCOME."""
         now = time.monotonic()
-        if len(data) > protocol.DEFAULT_MAX_DATAGRAM or data[3:4] != bytes([protocol.HELLO]):
+        hello = protocol.parse_hello(data)
+        if hello is None:
             self._drop(ip, "unknown_machine")
             return
         if not self._stranger_allowed(ip, now):
             self._drop(ip, "rate_limited")
             return
-        offered = protocol.open_hello(data)
-        if offered is None:
-            self._drop(ip, "unknown_machine")
-            return
-        key_text, keys, _ = offered
         self.stats["hellos"] += 1
-        if (ip, key_text) in self._offered:
-            return   # this very offer was handled already: nothing is written twice
-        if len(self._offered) > 4 * MAX_PENDING_KEYS:
-            self._offered.clear()
+        msg_id, agent_public = hello
+        answered = self._enrolments.get(ip)
+        if answered is not None and answered[0] == agent_public:
+            self._send_raw(addr, answered[1])   # the same HELLO again: our WELCOME was lost
+            return
+        if not self._agreements.take(KEY_AGREEMENTS_PER_S, KEY_AGREEMENTS_PER_S, now):
+            self._drop(ip, "rate_limited")
+            return
         try:
-            rejected = self.keystore.get_text(ip, "rejected") == key_text
-            pending = self.keystore.get_text(ip, "pending")
+            replaced = self.keystore.fingerprint(ip, "pending")
         except KeyStoreError:
             self._drop(ip, "unknown_machine")
             return
-        if rejected:
-            self._offered.add((ip, key_text))
-            self._drop(ip, "rejected_key", "this key was rejected; `mdp keys` can trust it again")
+        if replaced is None and not self.accept_new and self._pending_keys() >= MAX_PENDING_KEYS:
+            self._warn("pending_full", f"{self._pending_keys()} keys already wait in pending/; refusing more "
+                       "enrolments until `mdp keys accept|reject` clears some")
             return
-        fingerprint = protocol.key_fingerprint(keys.key)
-        if pending is not None and pending != key_text:
-            # The first offer stays: a later, different one (a forgery racing the real agent, or a
-            # re-installed machine) is reported, and the operator decides with the fingerprints.
-            self._offered.add((ip, key_text))
-            self._drop(ip, "offer_conflict")
-            self._warn("offer_conflict", f"{ip} offered a second, different key ({fingerprint}) while one waits in "
-                       "pending/; the first offer stays. Check both with `mdp keys list` before accepting.")
+        try:
+            enrolment = protocol.answer_hello(agent_public, ip, msg_id, _now_ms())
+        except protocol.ProtocolError as exc:
+            self._drop(ip, exc.code, exc.message)
             return
-        if not self._offers.take(OFFERS_PER_S, OFFERS_PER_S, now):
-            self._drop(ip, "rate_limited")
-            return
+        key_text, fingerprint = protocol.hexlify(enrolment.keys.key), enrolment.fingerprint
         if self.accept_new:
-            self.keystore.put(ip, key_text)
-            self._offered.add((ip, key_text))
-            self._db(self.store.event, ip, "enrolled", f"key {fingerprint} accepted on first use (--accept-new)")
-            log.info("enrolled %s, key %s (accepted on first use)", ip, fingerprint)
-            self._ack_hello(addr, keys)
-            return
-        if pending is None:
-            if self._pending_keys() >= MAX_PENDING_KEYS:
-                self._warn("pending_full", f"{self._pending_keys()} keys already wait in pending/; refusing more "
-                           "offers until `mdp keys accept|reject` clears some")
+            try:
+                self.keystore.put(ip, key_text)
+            except KeyStoreError as exc:   # trusted meanwhile (by hand): never replaced
+                self._drop(ip, exc.code, exc.message)
                 return
-            self.keystore.put(ip, key_text, state="pending")
-            self._pending_count = self._pending_keys() + 1
-            self._db(self.store.event, ip, "pending", f"key {fingerprint} offered; accept with "
+            self._db(self.store.event, ip, "enrolled", f"enrolment {fingerprint} accepted on first use (--accept-new)")
+            log.info("enrolled %s, enrolment fingerprint %s (accepted on first use)", ip, fingerprint)
+        else:
+            self.keystore.put_pending(ip, key_text, fingerprint)
+            if replaced is None:
+                self._pending_count = self._pending_keys() + 1
+            else:   # one pending enrolment per address, the latest: a re-started agent, or a forgery
+                self._warn("pending_replaced", f"{ip} enrolled again ({fingerprint}); it replaces the pending "
+                           f"enrolment {replaced}. Accept only the fingerprint the machine itself logs.")
+            self._db(self.store.event, ip, "pending", f"enrolment {fingerprint}; accept with "
                      f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
-            self._warn("pending", f"{ip} offered key {fingerprint}; it waits in pending/ until "
+            self._warn("pending", f"{ip} enrolled with fingerprint {fingerprint}; its key waits in pending/ until "
                        f"`mdp keys accept {ip} --fingerprint {fingerprint}`")
-        self._offered.add((ip, key_text))
+        self._enrolments[ip] = (agent_public, enrolment.datagram)
+        self._enrolments.move_to_end(ip)
+        if len(self._enrolments) > ENROLMENT_TABLE_ENTRIES:
+            self._enrolments.popitem(last=False)
+        self._send_raw(addr, enrolment.datagram)
 
-    def _offered_key_differs(self, data: bytes, ip: str) -> bool:
-        """A known machine sending a valid HELLO with another key: refuse loudly (like SSH known_hosts)."""
-        if data[3:4] != bytes([protocol.HELLO]):
-            return False
+    def _hello_from_known(self, data: bytes, ip: str):
+        """A HELLO from a machine we hold a trusted key for: never a new key (like SSH known_hosts)."""
         if not self._stranger_allowed(ip, time.monotonic()):
             self._drop(ip, "rate_limited")
-            return True
-        offered = protocol.open_hello(data)
-        if offered is None:
-            return False
-        key_text = offered[0]
-        if (ip, key_text) in self._offered:
-            self._drop(ip, "key_mismatch")
-            return True
-        self._offered.add((ip, key_text))
-        self.keystore.put(ip, key_text, state="rejected", replace=True)
-        message = (f"{ip} offered a DIFFERENT key ({protocol.key_fingerprint(offered[1].key)}) than the one trusted "
-                   f"in {self.keystore.file(ip)}; refused. If the machine was re-installed, check it, then "
-                   "`mdp keys revoke` and re-deploy.")
-        self._warn("key_mismatch", message)
-        self._db(self.store.event, ip, "key_mismatch", message)
-        self._drop(ip, "key_mismatch")
-        return True
+            return
+        hello, answered = protocol.parse_hello(data), self._enrolments.get(ip)
+        if hello is not None and answered is not None and answered[0] == hello[1]:
+            self._drop(ip, "duplicate")   # a late copy of the HELLO whose key was since accepted
+            return
+        message = (f"{ip} sent a HELLO (a new enrolment) but has a trusted key in {self.keystore.file(ip)}; "
+                   "refused. If the machine was re-installed, check it, then `mdp keys revoke` it and let it "
+                   "enrol again, or re-deploy.")
+        if self._may_warn("known_machine_hello"):
+            log.warning("%s", message)
+            self._db(self.store.event, ip, "key_mismatch", message)
+        self._drop(ip, "known_machine_hello")
+
+    def _send_raw(self, addr, datagram: bytes):
+        if self.transport is not None:
+            self.transport.sendto(datagram, addr)
 
     # --- counting and logging ---------------------------------------------------------------------
 
@@ -387,6 +381,9 @@ class Collector(asyncio.DatagramProtocol):
     def _warn(self, reason: str, message: str, level: int = logging.WARNING):
         if self._may_warn(reason):
             log.log(level, "%s", message)
+
+
+_HELLO_KIND = bytes([protocol.HELLO])
 
 
 def _now_ms() -> int:

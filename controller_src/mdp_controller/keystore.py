@@ -2,7 +2,9 @@
 
 Layout (directories 0700, files 0600, every write atomic):
     .known_machines/<ip>.txt            trusted keys
-    .known_machines/pending/<ip>.txt    keys offered in a HELLO, waiting for `mdp keys accept IP`
+    .known_machines/pending/<ip>.txt    keys agreed by enrolment (HELLO), waiting for `mdp keys accept IP`
+    .known_machines/pending/<ip>.fingerprint   that enrolment's fingerprint (of its transcript, which
+                                        the agent logs too; it cannot be computed from the key)
     .known_machines/rejected/<ip>.txt   keys refused (a known machine showing a different key, or rejected)
 """
 
@@ -140,6 +142,12 @@ class KeyStore:
         return sum(1 for _ in base.glob("*.txt")) if base.is_dir() else 0
 
     def fingerprint(self, ip: str, state: str = "trusted") -> str | None:
+        """A pending key's enrolment fingerprint (what the agent logged); any other key's own fingerprint."""
+        if state == "pending":
+            try:
+                return self._fingerprint_file(ip).read_text().strip() or None
+            except FileNotFoundError:
+                return None
         text = self.get_text(ip, state)
         try:
             return protocol.key_fingerprint(protocol.parse_key_text(text)) if text is not None else None
@@ -163,19 +171,42 @@ class KeyStore:
     def ips(self) -> list[str]:
         return [row["ip"] for row in self.list() if row["state"] == "trusted"]
 
+    def _fingerprint_file(self, ip: str) -> Path:
+        return self.file(ip, "pending").with_suffix(".fingerprint")
+
+    def put_pending(self, ip: str, key_text: str, fingerprint: str) -> Path:
+        """File an enrolment's key and fingerprint under pending/, replacing any earlier one for ip.
+
+        The old pair goes first and the fingerprint is written before the key, so whenever a pending
+        key exists its fingerprint file belongs to it (the monitor and `mdp keys accept` are two processes).
+        """
+        protocol.parse_key_text(key_text)
+        path = self.file(ip, "pending")
+        ensure_private_dir(str(self.path))
+        ensure_private_dir(str(path.parent))
+        for old in (path, self._fingerprint_file(ip)):
+            old.unlink(missing_ok=True)
+        write_private_file(str(self._fingerprint_file(ip)), fingerprint + "\n")
+        write_private_file(str(path), key_text.strip() + "\n")
+        return path
+
     def accept(self, ip: str, fingerprint: str | None = None) -> Path:
-        """Trust the key a machine offered (pending -> trusted); with fingerprint, only if it matches."""
+        """Trust the key a machine enrolled (pending -> trusted); with fingerprint, only if the enrolment's
+        fingerprint matches it (compared in constant time). Without, it is trust on first use."""
         text = self.get_text(ip, "pending")
         if text is None:
             raise KeyStoreError(f"no pending key for {ip} in {self.path / 'pending'}")
         if fingerprint is not None:
             actual = self.fingerprint(ip, "pending")
-            if actual is None or not protocol.same_fingerprint(fingerprint, actual):
-                raise KeyStoreError(f"the key {ip} offered has fingerprint {actual}, not {fingerprint}: not "
-                                    "accepted (compare with the fingerprint the agent logs at start)",
+            # Read the key again: if the monitor filed a newer enrolment meanwhile, neither is taken.
+            if actual is None or not protocol.same_fingerprint(fingerprint, actual) or \
+                    self.get_text(ip, "pending") != text:
+                raise KeyStoreError(f"the enrolment of {ip} has fingerprint {actual}, not {fingerprint}: not "
+                                    "accepted (compare with the enrolment fingerprint the agent logs)",
                                     "fingerprint_mismatch")
         path = self.put(ip, text)
         self.file(ip, "pending").unlink()
+        self._fingerprint_file(ip).unlink(missing_ok=True)
         return path
 
     def reject(self, ip: str) -> Path:
@@ -185,6 +216,7 @@ class KeyStore:
             raise KeyStoreError(f"no pending key for {ip} in {self.path / 'pending'}")
         path = self.put(ip, text, state="rejected")
         self.file(ip, "pending").unlink()
+        self._fingerprint_file(ip).unlink(missing_ok=True)
         return path
 
     def revoke(self, ip: str) -> Path:

@@ -230,16 +230,3 @@ def test_key_fingerprints_are_short_stable_and_compared_forgivingly():
     assert p.key_fingerprint(b"\x01" * 32) != fingerprint
     assert p.same_fingerprint(fingerprint.lower().replace("-", ""), fingerprint)
     assert not p.same_fingerprint(fingerprint[:-1] + "A" if fingerprint[-1] != "A" else "B", fingerprint)
-
-
-def test_open_hello_accepts_only_a_self_signed_single_datagram_hello():
-    key_text = p.generate_key_text()
-    keys = p.KeyPair.from_text(key_text)
-    hello = {"version": "1.0", "key": key_text.strip(), "hostname": "h"}
-    _, [datagram] = p.encode(p.HELLO, hello, keys, p.TO_CONTROLLER, compress=False, timestamp_ms=NOW_MS)
-    assert p.open_hello(datagram)[0] == key_text.strip()
-    _, [forged] = p.encode(p.HELLO, hello, KEYS, p.TO_CONTROLLER, compress=False, timestamp_ms=NOW_MS)
-    assert p.open_hello(forged) is None                       # signed with another key than it carries
-    nested = b"[" * 5000
-    head = p.HEADER.pack(p.MAGIC, p.PROTOCOL_VERSION, p.HELLO, 0, 0, 0, 1, b"nested!!", NOW_MS)
-    assert p.open_hello(head + nested[:1000] + bytes(32)) is None   # no traceback, no answer

@@ -21,3 +21,16 @@ def test_the_agent_refuses_to_start_without_libcrypto(monkeypatch, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("mdp-agent: cannot start: no usable libcrypto") and "libssl3" in err
     assert protocol._AEAD == [] and not (state_dir / "agent.key").exists()   # stopped before anything else
+
+
+def test_enrol_needs_a_monitor_and_creates_no_key_of_its_own(tmp_path, capsys):
+    """With enrol and no key, the key is to be agreed with the monitor: without one, no start."""
+    state_dir = tmp_path / "state"
+    code = agent_main.main(["--config", "/nonexistent", "--state-dir", str(state_dir), "--enrol",
+                            "--bind", "127.0.0.1", "--port", "12345"])
+    assert code == 2 and "enrol needs a monitor" in capsys.readouterr().err
+    assert not (state_dir / "agent.key").exists()
+    # --init-only still makes a key (the deploy role's step): the machine is then enrolled over SSH.
+    assert agent_main.main(["--config", "/nonexistent", "--state-dir", str(state_dir), "--enrol",
+                            "--init-only"]) == 0
+    assert (state_dir / "agent.key").exists()

@@ -8,7 +8,8 @@ Each input is one or more datagrams. The first byte picks what to do with the re
   1  seal it with the agent's key first (header fields from the input), so the mutations reach the
      reassembler, the decompressor, the JSON parser and the request parser behind the tag;
   2  the same towards a collector's Endpoint (reports, HELLOs);
-  3  parse it as a request payload (parse_text, parse_request, parse_operation).
+  3  parse it as a request payload (parse_text, parse_request, parse_operation);
+  4  the enrolment parsers: parse_hello (the collector's), open_welcome (the agent's).
 After every input the invariants hold: only ProtocolError escapes, reassembly stays within its bound,
 and no address was sent more than AMPLIFICATION_FACTOR times what it sent.
 """
@@ -21,9 +22,11 @@ import atheris
 
 with atheris.instrument_imports():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "agent_src"))
+    from mdp_agent import kex
     from mdp_agent import protocol as p
 
 KEYS = p.KeyPair(bytes(range(32)))
+AGREEMENT = kex.KeyAgreement(int.from_bytes(bytes(range(1, 41)), "big"))
 NOW_MS = 1767225600000
 ADDRS = [("192.0.2.%d" % i, 40000 + i) for i in range(1, 5)]
 
@@ -70,7 +73,7 @@ def feed(endpoint, datagram, addr, now):
 def test_one(data):
     if len(data) < 2:
         return
-    mode, rest = data[0] % 4, data[1:]
+    mode, rest = data[0] % 5, data[1:]
     parts = rest.split(b"\x00MDSPLIT\x00")[:16]
     for n, part in enumerate(parts):
         addr = ADDRS[(data[1] + n) % len(ADDRS)]
@@ -81,6 +84,12 @@ def test_one(data):
             feed(AGENT, signed(part, p.TO_AGENT), addr, now)
         elif mode == 2:
             feed(COLLECTOR, signed(part, p.TO_CONTROLLER), addr, now)
+        elif mode == 4:
+            assert p.parse_hello(part) in (None, (part[10:18], part[26:]))
+            try:
+                p.open_welcome(part, AGREEMENT, part[10:18])
+            except p.ProtocolError:
+                pass
         else:
             try:
                 obj = p.parse_text(part.decode("utf-8", "replace"))

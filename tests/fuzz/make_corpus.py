@@ -25,6 +25,9 @@ def seeds():
             yield bytes([2, 1]) + datagram[2:14] + body
         if "payload_text" in vector:
             yield bytes([3, 1]) + vector["payload_text"].encode("utf-8")
+        for name in ("hello", "welcome"):   # the enrolment vector
+            if name in vector:
+                yield bytes([4, 1]) + binascii.unhexlify(vector[name])
 
 
 def main(target):

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -158,6 +159,13 @@ class Agent(Process):
     @property
     def key_text(self) -> str:
         return (self.state_dir / "agent.key").read_text()
+
+    def enrolment(self, timeout: float = 20.0) -> tuple[str, str]:
+        """(fingerprint, identity) this agent logged when its enrolment by HELLO completed."""
+        logged = re.compile(r"enrolled with the monitor \S+ as (\S+): enrolment fingerprint ([A-Z2-7-]+);")
+        wait_for(lambda: logged.search(self.log()), f"{self.name} to complete its enrolment", timeout=timeout)
+        identity, fingerprint = logged.search(self.log()).groups()
+        return fingerprint, identity
 
     def trust(self, known_machines: Path | None = None, as_ip: str | None = None):
         """Put this agent's key in a key store, as deploy.yml's fetch does."""

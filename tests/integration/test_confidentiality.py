@@ -8,10 +8,10 @@ loss, recording every datagram both ways) in front of the agent and of the monit
 
 The session: `mdp send` of every operation the agent's registry has, reports to the monitor and
 their ACKs, a report.subscribe, a cluster activation request (no Syncthing here: the agent answers
-with an error, which is fine), and a HELLO enrolment. No datagram may contain a JSON key name, an
-operation name, the hostname, a process name from the process list, or any key file's bytes (raw,
-hex, base64). The HELLO is the one known exception (its body is clear: enrolment by key agreement
-is issue 8 part 2); the test pins exactly that, so it fails the day the HELLO stops carrying the key.
+with an error, which is fine), and an enrolment by key agreement (HELLO, WELCOME) followed by the
+new machine's reports. No datagram, the HELLO and the WELCOME included, may contain a JSON key
+name, an operation name, the hostname, a process name from the process list, or any key file's
+bytes (raw, hex, base64), the key agreed at enrolment included.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def test_no_datagram_of_a_whole_session_is_readable(spawn_agent, spawn_monitor, 
         agent.trust(monitor_keys, as_ip=REPORTS_SIDE)       # the monitor sees its reports from the relay
         newcomer = spawn_agent("127.0.0.3", flags=["--monitor", f"{ENROL_SIDE}:{port}", "--interval", "1",
                                                    "--enrol"], trust=False)
+        assert not (newcomer.state_dir / "agent.key").exists()   # its key will be agreed, never sent
 
         operations = sorted(set(load_default_registry().names()) | set(AGENT_OPERATIONS))
         everything = _send(known_machines, port, CONTROLLER_SIDE, *operations)
@@ -101,7 +102,8 @@ def test_no_datagram_of_a_whole_session_is_readable(spawn_agent, spawn_monitor, 
 
     captured = [d for relay in relays for d in relay.captured]
     kinds = {d[3] for d in captured if d[:2] == protocol.MAGIC}
-    assert kinds >= {protocol.REQUEST, protocol.REPLY, protocol.REPORT, protocol.ACK, protocol.HELLO}, kinds
+    assert kinds >= {protocol.REQUEST, protocol.REPLY, protocol.REPORT, protocol.ACK, protocol.HELLO,
+                     protocol.WELCOME}, kinds
     assert all(d[:2] == protocol.MAGIC and d[2] == protocol.PROTOCOL_VERSION for d in captured)
 
     hostname = socket.gethostname().encode()
@@ -110,14 +112,12 @@ def test_no_datagram_of_a_whole_session_is_readable(spawn_agent, spawn_monitor, 
     forbidden.update({name.encode(): "process name" for name in process_names if len(name) >= 5})
     if len(hostname) >= 4:
         forbidden[hostname] = "hostname"
+    assert (monitor_keys / f"{ENROL_SIDE}.txt").read_text() == newcomer.key_text   # one key, agreed
     for key_text in (agent.key_text, newcomer.key_text):
         forbidden.update({form: "key bytes" for form in _key_forms(key_text)})
 
-    hellos = [d for d in captured if d[3] == protocol.HELLO]
-    sealed = [d for d in captured if d[3] != protocol.HELLO]
-    assert len(sealed) >= 20, len(sealed)
-    leaks = sorted({(what, text[:40]) for d in sealed for text, what in forbidden.items() if text in d})
+    assert len(captured) >= 20, len(captured)
+    enrolment = [d for d in captured if d[3] in (protocol.HELLO, protocol.WELCOME)]
+    assert enrolment and all(len(d) == protocol.HELLO_SIZE or d[3] == protocol.WELCOME for d in enrolment)
+    leaks = sorted({(what, text[:40]) for d in captured for text, what in forbidden.items() if text in d})
     assert not leaks, f"readable on the wire: {leaks}"
-    # The known gap, pinned: a HELLO carries the enrolling machine's key, and only that machine's.
-    assert hellos and all(newcomer.key_text.strip().encode() in d for d in hellos)
-    assert not any(form in d for d in hellos for form in _key_forms(agent.key_text))

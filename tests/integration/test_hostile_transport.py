@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import socket
 import subprocess
 import threading
 import time
 
-from mdp_agent import protocol
+from mdp_agent import kex, protocol
 from mdp_controller.keystore import KeyStore
 
 from .harness import PYTHON, REPO, free_port, receive_reply, run_mdp, signed_request, wait_for
@@ -176,12 +178,10 @@ def test_forged_hellos_at_1500_per_s_do_not_stop_a_real_agents_reports(spawn_age
         sock.bind((ip, 0))
         socks.append(sock)
     hellos = []
-    for i in range(600):
-        key_text = protocol.generate_key_text()
-        payload = {"version": "1.0", "key": key_text.strip(), "hostname": "[" * 300}
-        hellos.append(protocol.encode(protocol.HELLO, payload, protocol.KeyPair.from_text(key_text),
-                                      protocol.TO_CONTROLLER, compress=False,
-                                      timestamp_ms=int(time.time() * 1000))[1][0])
+    rng = random.Random(8)
+    for i in range(600):   # valid public values (squares lie in the order-q subgroup): each costs a key agreement
+        public = kex.encode_int(pow(rng.getrandbits(3000) | 2, 2, kex.FFDHE3072_P))
+        hellos.append(protocol.encode_hello(public, os.urandom(8), int(time.time() * 1000)))
     log_before = len(monitor.log())
     sent, began = 0, time.monotonic()
     while time.monotonic() - began < 10:   # 10 s at 1,500 HELLOs a second
@@ -205,40 +205,54 @@ def test_forged_hellos_at_1500_per_s_do_not_stop_a_real_agents_reports(spawn_age
     assert grew < 20_000 and "Traceback" not in monitor.log()
 
 
-def test_fingerprints_guard_acceptance_and_an_enrolled_agent_stops_offering_its_key(spawn_agent, spawn_monitor,
-                                                                                    tmp_path, port):
+def test_fingerprints_guard_acceptance_and_an_enrolled_agent_stops_saying_hello(spawn_agent, spawn_monitor,
+                                                                              tmp_path, port):
     monitor_keys = tmp_path / "monitor_keys"
     monitor = spawn_monitor(monitor_keys)
-    agent = spawn_agent("127.0.0.3", flags=["--monitor", monitor.address, "--interval", "1", "--enrol"], trust=False)
+    flags = ["--monitor", monitor.address, "--interval", "1", "--enrol"]
+    agent = spawn_agent("127.0.0.3", flags=flags, trust=False)
     store = KeyStore(monitor_keys)
-    wait_for(lambda: store.get_text(agent.ip, "pending"), "the HELLO's key in pending/", timeout=20)
-    fingerprint = protocol.key_fingerprint(protocol.parse_key_text(agent.key_text))
-    assert f"key fingerprint {fingerprint}" in agent.log()
+    fingerprint, _ = agent.enrolment()
     listed = json.loads(run_mdp("keys", "list", "--json", "--known-machines", monitor_keys).stdout)
     assert [(r["ip"], r["state"], r["fingerprint"]) for r in listed] == [(agent.ip, "pending", fingerprint)]
     wrong = run_mdp("keys", "accept", agent.ip, "--fingerprint", "AAAA-AAAA-AAAA-AAAA", "--known-machines", monitor_keys)
     assert wrong.returncode == 1 and "fingerprint" in wrong.stderr and store.get_text(agent.ip) is None
-    # A second, different offer for the same address does not replace the first.
-    other = protocol.generate_key_text()
-    _, [forged] = protocol.encode(protocol.HELLO, {"version": "1.0", "key": other.strip()},
-                                  protocol.KeyPair.from_text(other), protocol.TO_CONTROLLER, compress=False,
-                                  timestamp_ms=int(time.time() * 1000))
+
+    # A forged HELLO from the agent's address replaces the pending enrolment (one per address, the
+    # latest); the agent's fingerprint then no longer matches, so accepting with it refuses.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((agent.ip, 0))
-        sock.sendto(forged, ("127.0.0.1", port))
-    wait_for(lambda: "offer_conflict" in monitor.log() or "second, different key" in monitor.log(),
-             "the conflicting offer to be reported", timeout=10)
-    assert store.get_text(agent.ip, "pending") == agent.key_text.strip()
-    right = run_mdp("keys", "accept", agent.ip, "--fingerprint", fingerprint.lower(), "--known-machines",
-                    monitor_keys)
+        sock.sendto(protocol.encode_hello(kex.KeyAgreement().public_bytes, os.urandom(8), int(time.time() * 1000)),
+                    ("127.0.0.1", port))
+        sock.settimeout(10)
+        welcome = sock.recv(2048)   # answered like any enrolment: the forger holds a key with the monitor
+    assert welcome[3] == protocol.WELCOME and len(welcome) <= protocol.AMPLIFICATION_FACTOR * protocol.HELLO_SIZE
+    wait_for(lambda: store.fingerprint(agent.ip, "pending") not in (None, fingerprint), "the forged enrolment")
+    assert store.get_text(agent.ip, "pending") != agent.key_text.strip()
+    refused = run_mdp("keys", "accept", agent.ip, "--fingerprint", fingerprint, "--known-machines", monitor_keys)
+    assert refused.returncode == 1 and "not accepted" in refused.stderr and store.get_text(agent.ip) is None
+
+    # The way out: reject it, and let the machine enrol again (a new key agreement, a new fingerprint).
+    assert run_mdp("keys", "reject", agent.ip, "--known-machines", monitor_keys).returncode == 0
+    agent.stop()
+    for name in ("agent.key", "enrolled"):
+        (agent.state_dir / name).unlink()
+    offset = len(agent.log())
+    agent.start()
+    agent.wait_for_log("enrolment fingerprint", timeout=20, after=offset)
+    again = re.findall(r"enrolment fingerprint ([A-Z2-7-]+);", agent.log()[offset:])[0]
+    assert again != fingerprint
+    right = run_mdp("keys", "accept", agent.ip, "--fingerprint", again.lower(), "--known-machines", monitor_keys)
     assert right.returncode == 0, right.stderr
-    wait_for(lambda: (agent.state_dir / "enrolled").exists(), "the agent to remember its enrolment", timeout=30)
+    assert store.get_text(agent.ip) == agent.key_text.strip()
+    wait_for(lambda: monitor.report_count(agent.ip) >= 1, "a report once accepted", timeout=20)
+    # Restarted, an enrolled agent keeps its key and says no HELLO.
     agent.stop()
     agent.start()
     agent.trust()
     wait_for(lambda: monitor.report_count(agent.ip, since=time.time() - 1) >= 1, "a report after restart", timeout=20)
     stats = agent.stats()
-    assert stats["enrolled"] is True and stats["hellos"] == 0   # it did not offer its key again
+    assert stats["enrolled"] is True and stats["hellos"] == 0
 
 
 def test_two_agents_starting_on_one_fresh_state_dir_end_with_one_key(tmp_path):

@@ -28,7 +28,14 @@ def keys_cli(known_machines, *args):
 
 
 def reporting_agent(spawn_agent, ip, monitor, enrol=False):
-    return spawn_agent(ip, flags=["--monitor", monitor.address, *REPORT_FLAGS] + (["--enrol"] if enrol else []))
+    """An agent reporting to monitor; with enrol, it starts without a key and agrees one by HELLO (once
+    it has, the test's controller trusts it too, so agent.stats() can ask it)."""
+    agent = spawn_agent(ip, flags=["--monitor", monitor.address, *REPORT_FLAGS] + (["--enrol"] if enrol else []),
+                        trust=not enrol)
+    if enrol:
+        agent.enrolment()
+        agent.trust()
+    return agent
 
 
 def test_reports_reach_sqlite_and_status_shows_each_known_machine(spawn_agent, spawn_monitor, tmp_path):
@@ -70,37 +77,41 @@ def test_enrolment_files_a_pending_key_that_accept_trusts_and_reject_refuses(spa
     stranger = reporting_agent(spawn_agent, "127.0.0.4", monitor, enrol=True)
     pending = monitor_keys / "pending"
     for agent in (newcomer, stranger):
+        fingerprint, identity = agent.enrolment()
+        assert identity == agent.ip                      # the address the monitor saw, echoed
         path = pending / f"{agent.ip}.txt"
-        wait_for(path.exists, f"{path} to appear")
-        assert path.read_text() == agent.key_text
-        assert mode(path) == 0o600
-        fingerprint = protocol.key_fingerprint(protocol.parse_key_text(agent.key_text))
-        assert ("pending", f"key {fingerprint} offered; accept with `mdp keys accept {agent.ip} --fingerprint "
+        assert path.read_text() == agent.key_text        # both sides hold the one agreed key
+        assert mode(path) == 0o600 and mode(agent.state_dir / "agent.key") == 0o600
+        assert (pending / f"{agent.ip}.fingerprint").read_text() == fingerprint + "\n"
+        assert ("pending", f"enrolment {fingerprint}; accept with `mdp keys accept {agent.ip} --fingerprint "
                 f"{fingerprint}`") in monitor.events(agent.ip)
+        assert (agent.state_dir / "enrolled").read_text() == \
+            f"{monitor.address}\nfingerprint {fingerprint} identity {agent.ip}\n"
     assert mode(monitor_keys) == 0o700 and mode(pending) == 0o700
     listed = json.loads(keys_cli(monitor_keys, "list", "--json").stdout)
-    assert [(r["ip"], r["state"]) for r in listed] == [("127.0.0.3", "pending"), ("127.0.0.4", "pending")]
+    assert [(r["ip"], r["state"], r["fingerprint"]) for r in listed] == [
+        ("127.0.0.3", "pending", newcomer.enrolment()[0]), ("127.0.0.4", "pending", stranger.enrolment()[0])]
     # Nothing from a machine with only a pending key is stored.
     assert monitor.report_count(newcomer.ip) == 0
 
-    accepted = keys_cli(monitor_keys, "accept", newcomer.ip)
+    accepted = keys_cli(monitor_keys, "accept", newcomer.ip)   # no --fingerprint: trust on first use
     assert accepted.returncode == 0, accepted.stderr
     trusted = monitor_keys / f"{newcomer.ip}.txt"
     assert accepted.stdout.strip() == f"accept: {newcomer.ip} -> {trusted}"
     assert trusted.read_text() == newcomer.key_text and mode(trusted) == 0o600
-    assert not (pending / f"{newcomer.ip}.txt").exists()
+    assert not (pending / f"{newcomer.ip}.txt").exists() and not (pending / f"{newcomer.ip}.fingerprint").exists()
     wait_for(lambda: monitor.report_count(newcomer.ip) >= 1, "reports from the accepted machine")
-    wait_for(lambda: newcomer.stats()["enrolled"], "the agent to see the monitor's acknowledgement")
+    stats = newcomer.stats()
+    assert stats["enrolled"] is True and stats["hellos"] >= 1
 
     rejected = keys_cli(monitor_keys, "reject", stranger.ip)
     assert rejected.returncode == 0, rejected.stderr
     assert (monitor_keys / "rejected" / f"{stranger.ip}.txt").read_text() == stranger.key_text
     assert mode(monitor_keys / "rejected" / f"{stranger.ip}.txt") == 0o600
-    # The stranger keeps offering its key; a rejected key stays rejected (stop early if it comes back).
-    reports = stranger.stats()["reports"]
-    back = pending / f"{stranger.ip}.txt"
-    wait_for(lambda: back.exists() or stranger.stats()["reports"] >= reports + 2, "two more HELLOs")
-    assert not back.exists()
+    # The stranger has its key and says no more HELLOs; its reports stay refused.
+    reports, hellos = stranger.stats()["reports"], stranger.stats()["hellos"]
+    wait_for(lambda: stranger.stats()["reports"] >= reports + 2, "two more reports from the rejected machine")
+    assert stranger.stats()["hellos"] == hellos and not (pending / f"{stranger.ip}.txt").exists()
     listed = json.loads(keys_cli(monitor_keys, "list", "--json").stdout)
     assert {(r["ip"], r["state"]) for r in listed} == {("127.0.0.3", "trusted"), ("127.0.0.4", "rejected")}
     assert monitor.report_count(stranger.ip) == 0
@@ -113,27 +124,25 @@ def test_enrolment_files_a_pending_key_that_accept_trusts_and_reject_refuses(spa
 def test_accept_new_trusts_at_once_but_never_replaces_a_known_key(spawn_agent, spawn_monitor, tmp_path):
     monitor_keys = tmp_path / "monitor_keys"
     old_key = protocol.generate_key_text()
-    KeyStore(monitor_keys).put("127.0.0.5", old_key)   # 127.0.0.5 was deployed once; now it shows another key
+    KeyStore(monitor_keys).put("127.0.0.5", old_key)   # 127.0.0.5 was deployed once; now it enrols anew
     monitor = spawn_monitor(monitor_keys, accept_new=True)
     newcomer = reporting_agent(spawn_agent, "127.0.0.4", monitor, enrol=True)
-    impostor = reporting_agent(spawn_agent, "127.0.0.5", monitor, enrol=True)
+    impostor = spawn_agent("127.0.0.5", flags=["--monitor", monitor.address, *REPORT_FLAGS, "--enrol"], trust=False)
 
+    fingerprint, _ = newcomer.enrolment()
     trusted = monitor_keys / f"{newcomer.ip}.txt"
-    wait_for(trusted.exists, f"{trusted} to appear")
     assert trusted.read_text() == newcomer.key_text and mode(trusted) == 0o600
-    fingerprint = protocol.key_fingerprint(protocol.parse_key_text(newcomer.key_text))
-    assert ("enrolled", f"key {fingerprint} accepted on first use (--accept-new)") in monitor.events(newcomer.ip)
+    assert ("enrolled", f"enrolment {fingerprint} accepted on first use (--accept-new)") in monitor.events(newcomer.ip)
     wait_for(lambda: monitor.report_count(newcomer.ip) >= 1, "reports from the newcomer")
 
-    refused = monitor_keys / "rejected" / f"{impostor.ip}.txt"
-    wait_for(refused.exists, f"{refused} to appear")
-    assert refused.read_text() == impostor.key_text
+    # A HELLO from an address with a trusted key gets no answer: no key is agreed, none replaced.
+    wait_for(lambda: monitor.events(impostor.ip), "the refused HELLO to be reported")
+    assert "has a trusted key" in monitor.log()
+    events = monitor.events(impostor.ip)
+    assert {kind for kind, _ in events} == {"key_mismatch"}
+    assert "sent a HELLO (a new enrolment) but has a trusted key" in events[0][1]
     assert (monitor_keys / f"{impostor.ip}.txt").read_text() == old_key   # never replaced
-    kinds = [kind for kind, _ in monitor.events(impostor.ip)]
-    assert kinds and set(kinds) == {"key_mismatch"}
-    assert "offered a DIFFERENT key" in monitor.events(impostor.ip)[0][1]
-    reports = impostor.stats()["reports"]
-    wait_for(lambda: impostor.stats()["reports"] >= reports + 2, "two more reports from the impostor")
+    assert not (impostor.state_dir / "agent.key").exists() and "enrolled with the monitor" not in impostor.log()
     assert monitor.report_count(impostor.ip) == 0
 
 

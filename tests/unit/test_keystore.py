@@ -74,3 +74,31 @@ def test_key_file_edited_on_disk_is_reloaded(tmp_path):
     path.write_text(new)
     os.utime(path, (1, 1))   # a different mtime, whatever the clock resolution
     assert store.get("10.0.0.5").key == protocol.parse_key_text(new)
+
+
+def test_a_pending_enrolment_is_accepted_only_with_its_own_fingerprint(tmp_path):
+    store = KeyStore(tmp_path)
+    first, second = protocol.generate_key_text(), protocol.generate_key_text()
+    store.put_pending("10.0.0.9", first, "AAAA-BBBB-CCCC-DDDD")
+    assert mode(tmp_path / "pending" / "10.0.0.9.fingerprint") == 0o600
+    assert [(r["state"], r["fingerprint"]) for r in store.list()] == [("pending", "AAAA-BBBB-CCCC-DDDD")]
+    # One pending enrolment per address: a later one replaces key and fingerprint together.
+    store.put_pending("10.0.0.9", second, "EEEE-FFFF-GGGG-HHHH")
+    with pytest.raises(KeyStoreError, match="has fingerprint EEEE-FFFF-GGGG-HHHH, not AAAA") as info:
+        store.accept("10.0.0.9", "AAAA-BBBB-CCCC-DDDD")
+    assert info.value.code == "fingerprint_mismatch" and store.get_text("10.0.0.9") is None
+    store.accept("10.0.0.9", "eeeeffffgggghhhh")   # typed by a person: any case, dashes optional
+    assert store.get_text("10.0.0.9") == second.strip()
+    assert not (tmp_path / "pending" / "10.0.0.9.fingerprint").exists() and store.count("pending") == 0
+
+
+def test_a_pending_key_without_its_fingerprint_file_is_never_accepted_by_fingerprint(tmp_path):
+    store = KeyStore(tmp_path)
+    key = protocol.generate_key_text()
+    store.put("10.0.0.10", key, state="pending")   # filed by hand: no enrolment, no fingerprint
+    fingerprint = protocol.key_fingerprint(protocol.parse_key_text(key))
+    with pytest.raises(KeyStoreError, match="has fingerprint None"):
+        store.accept("10.0.0.10", fingerprint)
+    store.put_pending("10.0.0.11", key, "AAAA-BBBB-CCCC-DDDD")
+    store.reject("10.0.0.11")
+    assert not (tmp_path / "pending" / "10.0.0.11.fingerprint").exists()

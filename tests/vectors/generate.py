@@ -13,11 +13,13 @@ decoder that uses only `cryptography`'s AESGCM, hmac, hashlib, zlib, struct and 
 """
 
 import binascii
+import hashlib
 import json
 import os
 import struct
 import sys
 
+from mdp_agent import kex
 from mdp_agent import protocol as p
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,10 +77,6 @@ POSITIVE = [
      {"status": True, "version": "2.0", "cluster_info": {}, "reported_at": 1767225600.0,
       "operations": [{"name": "load.avg", "result": [0.25, 0.5, 0.75]},
                      {"name": "system.info", "result": {"hostname": "m\u00e5skin-01"}}]}, 1200, True),
-    ("hello", "Enrolment: the agent offers its key to the monitor. The one datagram whose body is clear (the "
-     "monitor has no key yet): the tag is GCM over an empty plaintext with header and body as associated data.",
-     p.TO_CONTROLLER, p.HELLO, "2122232425262728",
-     {"version": "2.0", "key": KEY_HEX, "hostname": "web-01", "agent_version": "1.0.0"}, 1200, True),
     ("resend-to-agent", "The controller asks the agent again for chunks 1 and 3 of reply 0102030405060708.",
      p.TO_AGENT, p.RESEND, "0102030405060708", {"missing": [1, 3]}, 1200, True),
     ("resend-to-controller", "The agent asks the controller for chunk 2 of a chunked request.",
@@ -154,6 +152,36 @@ def _negative(keys):
     ]
 
 
+def _exponent(label):
+    """A fixed 320-bit private exponent (top bit set, as kex.KeyAgreement makes them) from a label."""
+    value = int.from_bytes(hashlib.sha512(label).digest()[:kex.PRIVATE_BITS // 8], "big")
+    return value | (1 << (kex.PRIVATE_BITS - 1))
+
+
+def _enrolment():
+    """One whole enrolment (HELLO, WELCOME) from fixed exponents: every intermediate value recorded."""
+    agent = kex.KeyAgreement(_exponent(b"MDP test vector agent exponent"))
+    monitor = kex.KeyAgreement(_exponent(b"MDP test vector monitor exponent"))
+    msg_id, identity = binascii.unhexlify("2122232425262728"), "192.0.2.20"
+    hello = p.encode_hello(agent.public_bytes, msg_id, TIMESTAMP_MS)
+    answer = p.answer_hello(agent.public_bytes, identity, msg_id, TIMESTAMP_MS + 5, agreement=monitor)
+    assert p.open_welcome(answer.datagram, agent, msg_id).keys.key == answer.keys.key
+    transcript = kex.transcript(identity.encode("ascii"), agent.public_bytes, monitor.public_bytes)
+    return {"description": "Enrolment by ffdhe3072 key agreement (RFC 7919, g = 2): the agent's HELLO is "
+            "its public value; the monitor's WELCOME is its public value, the address it saw (length byte, "
+            "ASCII) and a key confirmation: the AES-GCM tag of an empty plaintext under the new key's "
+            "to-agent message key for (kind 8, the HELLO's msg_id, the WELCOME's timestamp), with the "
+            "WELCOME's other bytes as associated data. Exponents are fixed here; real ones are random.",
+            "agent_private": "%x" % agent._private, "monitor_private": "%x" % monitor._private,
+            "agent_public": _hex(agent.public_bytes), "monitor_public": _hex(monitor.public_bytes),
+            "identity": identity, "msg_id": _hex(msg_id), "hello_timestamp_ms": TIMESTAMP_MS,
+            "welcome_timestamp_ms": TIMESTAMP_MS + 5,
+            "shared_secret": _hex(agent.shared_secret(monitor.public_bytes)),
+            "transcript_sha256": _hex(hashlib.sha256(transcript).digest()),
+            "machine_key": _hex(answer.keys.key), "fingerprint": answer.fingerprint,
+            "hello": _hex(hello), "welcome": _hex(answer.datagram)}
+
+
 def vectors():
     """{file name: file text} of every vector, in a fixed order."""
     key = binascii.unhexlify(KEY_HEX)
@@ -176,6 +204,7 @@ def vectors():
                   "direction_key": _hex(keys.for_direction(direction).key), "datagrams": [_hex(d) for d in datagrams],
                   "expected_error": code}
         out[f"bad-{number + 1:02d}-{name}.json"] = vector
+    out["enrol-01-hello-welcome.json"] = _enrolment()
     return {name: json.dumps(v, indent=2, sort_keys=True, ensure_ascii=False) + "\n" for name, v in out.items()}
 
 
