@@ -19,6 +19,7 @@ _lock = threading.Lock()
 MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
 # Bound on what we keep of a program's output; service status output is a few hundred bytes.
 MAX_OUTPUT = 64 * 1024
+READ_CHUNK = 64 * 1024   # most /proc files arrive in one read()
 
 
 # Paths the agent config allows files.stat and files.certificates to read (file_paths, cert_paths).
@@ -71,9 +72,21 @@ def path(kind, *parts):
 
 
 def read(kind, *parts):
-    """Text of a host file; IOError/OSError propagate (callers decide what absence means)."""
-    with open(path(kind, *parts), "rb") as f:
-        return f.read().decode("utf-8", "replace")
+    """Text of a host file; IOError/OSError propagate (callers decide what absence means).
+
+    os.open/os.read, not open(): no buffered file object per read, a third of reading /proc/meminfo.
+    """
+    fd = os.open(path(kind, *parts), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def read_or(default, kind, *parts):

@@ -24,6 +24,7 @@ def _os_release():
     return result
 
 
+@inline
 def info():
     """Identity of this machine and agent.
 
@@ -58,6 +59,7 @@ def info():
     }
 
 
+@inline
 def uptime():
     """How long the machine has been up.
 
