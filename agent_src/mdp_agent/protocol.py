@@ -91,6 +91,10 @@ MAX_CHUNKS = 65535              # the u16 field; with 1200-byte datagrams 4 MiB 
 MAX_USEFUL_CHUNKS = MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1
 # Compression only pays above a few hundred bytes (zlib's header and a small JSON object).
 COMPRESS_MIN_BYTES = 256
+# Deflating costs ~20 us per kB: a message that fits one datagram is sent as it is (unless it would
+# exceed what the amplification rule lets us send, see encode_message), and a longer one keeps the
+# zlib stream only when it saves a datagram or at least this share of the bytes.
+COMPRESS_MIN_SAVING = 0.25
 # Replay window: a request more than 60 s older or newer than the receiver's clock is refused (and
 # the refusal says by how much). NTP keeps real fleets within milliseconds; 60 s tolerates a sloppy one.
 DEFAULT_REPLAY_WINDOW_S = 60.0
@@ -305,12 +309,14 @@ def hexlify(data):
 
 
 def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAULT_MAX_DATAGRAM,
-                   compress=True):
+                   compress=True, fit=None):
     """Seal `payload` (bytes) as one message, cut into datagrams. Returns a list of bytes.
 
     `dkey` is a DirectionKey (KeyPair.for_direction); the message key is derived once per message.
 
-    Compresses with zlib when that makes the message smaller; chunks when it still does not fit.
+    compress=True deflates with zlib when that pays (_worth_deflating): when the message needs more
+    than one datagram, or when it is larger than `fit` (the bytes the caller may send: a reply's
+    amplification allowance) and deflating might bring it under. Then chunks when it does not fit.
     """
     if not MIN_DATAGRAM <= max_datagram <= MAX_DATAGRAM:
         raise ValueError("max_datagram must be between %d and %d" % (MIN_DATAGRAM, MAX_DATAGRAM))
@@ -319,11 +325,13 @@ def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAU
     if len(payload) > MAX_MESSAGE_BYTES:   # receivers refuse to inflate past this, so never send it
         raise ProtocolError("too_large", "message is %d bytes, the limit is %d" % (len(payload), MAX_MESSAGE_BYTES))
     flags = 0
-    if compress and len(payload) >= COMPRESS_MIN_BYTES:
-        packed = zlib.compress(payload, 6)
-        if len(packed) < len(payload):
-            payload, flags = packed, FLAG_ZLIB
     room = max_datagram - OVERHEAD
+    size = len(payload)
+    over_fit = fit is not None and size + OVERHEAD * ((size + room - 1) // room or 1) > fit
+    if compress and size >= COMPRESS_MIN_BYTES and (size > room or over_fit):
+        packed = zlib.compress(payload, 6)
+        if _worth_deflating(size, len(packed), room, over_fit):
+            payload, flags = packed, FLAG_ZLIB
     count = max(1, (len(payload) + room - 1) // room)
     datagrams = []
     message_key = dkey.message_key(kind, msg_id, timestamp_ms)
@@ -333,6 +341,15 @@ def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAU
         head = HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, flags, 0, index, count, msg_id, timestamp_ms)
         datagrams.append(_seal(seal, message_key, kind, index, head, body))
     return datagrams
+
+
+def _worth_deflating(size, packed, room, over_fit):
+    """Whether a zlib stream of `packed` bytes is worth sending in place of `size` bytes of JSON."""
+    if packed >= size:
+        return False
+    if over_fit:   # any saving may spare the round trip of a CHALLENGE
+        return True
+    return (packed + room - 1) // room < (size + room - 1) // room or packed <= size * (1 - COMPRESS_MIN_SAVING)
 
 
 def encode(kind, obj, keys, direction, msg_id=None, timestamp_ms=0, max_datagram=DEFAULT_MAX_DATAGRAM,
@@ -1057,13 +1074,13 @@ class Endpoint(object):
             msg_id = new_msg_id()
         else:   # a msg_id used before (a reply's, a RESEND's, a retransmitted report's): see Stamps
             wall_ms = self.stamps.stamp(kind, msg_id, wall_ms, now)
+        allowance = self.addresses.allowance(addr, now) if response else None
         datagrams = encode_message(kind, payload, keys.for_direction(self.sends), msg_id, wall_ms,
-                                   self.max_datagram, compress)
+                                   self.max_datagram, compress, allowance)
         entry = self.outbox.put(msg_id, datagrams, now, addr, not response) if cache else None
         if not response:
             self._queue(addr, datagrams, entry)
             return msg_id
-        allowance = self.addresses.allowance(addr, now)
         if allowance is None or sum(len(d) for d in datagrams) <= allowance:
             self._queue(addr, datagrams, entry, counted=True)
         elif entry is not None:
