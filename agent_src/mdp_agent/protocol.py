@@ -466,6 +466,8 @@ def decode_body(flags, data):
 def check_payload_version(obj):
     """Refuse a payload whose "version" has another major number (a missing version means ours)."""
     version = obj.get("version", VERSION_STRING)
+    if version == VERSION_STRING:   # nearly always
+        return
     major = str(version).split(".", 1)[0]
     if major != str(PROTOCOL_VERSION):
         raise ProtocolError("unsupported_version", "payload version %r is not supported; this side speaks %s"
@@ -715,11 +717,12 @@ class Reassembler(object):
 # --- Sent messages, for duplicates and RESEND ----------------------------------------------------
 
 class _Sent(object):
-    __slots__ = ("sent_at", "datagrams", "addr", "originated", "sends")
+    __slots__ = ("sent_at", "datagrams", "addr", "originated", "sends", "cost")
 
     def __init__(self, datagrams, now, addr, originated):
         self.sent_at, self.datagrams, self.addr, self.originated = now, datagrams, addr, originated
         self.sends = bytearray(len(datagrams))   # times each datagram went out, capped at MAX_SENDS_PER_DATAGRAM
+        self.cost = OUTBOX_ENTRY_COST + total_bytes(datagrams)   # counted against OUTBOX_BYTES
 
 
 class Outbox(object):
@@ -740,7 +743,7 @@ class Outbox(object):
         if msg_id in self._items:
             self._remove(msg_id)
         entry = self._items[msg_id] = _Sent(datagrams, now, addr, originated)
-        self.size += _outbox_cost(datagrams)
+        self.size += entry.cost
         self.expire(now)
         return entry if msg_id in self._items else None
 
@@ -763,14 +766,15 @@ class Outbox(object):
             self._remove(msg_id)
 
     def _remove(self, msg_id):
-        self.size -= _outbox_cost(self._items.pop(msg_id).datagrams)
+        self.size -= self._items.pop(msg_id).cost
 
     def __len__(self):
         return len(self._items)
 
 
-def _outbox_cost(datagrams):
-    return OUTBOX_ENTRY_COST + sum(len(d) for d in datagrams)
+def total_bytes(datagrams):
+    """Bytes of a list of datagrams (most messages are one)."""
+    return len(datagrams[0]) if len(datagrams) == 1 else sum(map(len, datagrams))
 
 
 # --- Timestamps of reused msg_ids: the nonce rule ------------------------------------------------
@@ -1081,7 +1085,7 @@ class Endpoint(object):
         if not response:
             self._queue(addr, datagrams, entry)
             return msg_id
-        if allowance is None or sum(len(d) for d in datagrams) <= allowance:
+        if allowance is None or total_bytes(datagrams) <= allowance:
             self._queue(addr, datagrams, entry, counted=True)
         elif entry is not None:
             self._challenge(addr, msg_id, len(datagrams), keys, wall_ms, now)
@@ -1202,7 +1206,7 @@ class Endpoint(object):
                 return [Refusal(addr, "foreign_duplicate", "a request first seen from another address",
                                 packet.msg_id)]
             allowance = self.addresses.allowance(addr, now)
-            if allowance is None or sum(len(d) for d in entry.datagrams) <= allowance:
+            if allowance is None or entry.cost - OUTBOX_ENTRY_COST <= allowance:
                 self._queue(addr, entry.datagrams, entry, counted=True)
             else:
                 self._challenge(addr, packet.msg_id, len(entry.datagrams), keys, wall_ms, now)
