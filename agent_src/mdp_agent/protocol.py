@@ -102,6 +102,11 @@ DEFAULT_REPLAY_WINDOW_S = 60.0
 # this; when full, the oldest id is forgotten and the window's lower edge moves up to its timestamp,
 # so anything older is refused as stale rather than risking a replay: ~20 MB at most (measured).
 REPLAY_CACHE_ENTRIES = 100000
+# An agent's own caps, so that its memory stays bounded by a few MiB whatever the request rate
+# (measured with every cap full: docs/benchmarks.md). 16,384 ids hold a whole window up to ~270
+# requests/s; beyond that the floor rises and only ever refuses more (as stale), never accepts a replay.
+# The agent's Stamps keep as many entries.
+AGENT_REPLAY_CACHE_ENTRIES = 16384
 # Reassembly: partial messages per peer, bytes per peer and overall, and how long a partial message
 # may wait for its next chunk before it is dropped (bounded memory whatever a peer sends).
 # Limits are per IP address, not per (address, port): one host cannot multiply them by using more ports.
@@ -117,6 +122,9 @@ CHUNK_COST = 100
 REASSEMBLY_BYTES_PER_PEER = MAX_MESSAGE_BYTES + CHUNK_COST * (MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1)
 # Sent messages kept to answer duplicates and RESENDs: bytes overall, and for how long.
 OUTBOX_BYTES = 16 * 1024 * 1024
+# The agent's reply cache: ~7,000 ping replies, seconds of them at thousands per second (a duplicate
+# whose reply has aged out gets no answer; its sender's deadline runs out and it asks anew).
+AGENT_OUTBOX_BYTES = 4 * 1024 * 1024
 # What each kept message costs beyond its datagrams' bytes (dict entry, key and value tuples, list,
 # bytes headers), counted so that OUTBOX_BYTES bounds real memory even for tiny replies.
 OUTBOX_ENTRY_COST = 400
@@ -1034,7 +1042,8 @@ class Endpoint(object):
 
     def __init__(self, receives, keys_for, dedup=None, answer_errors=False, max_datagram=DEFAULT_MAX_DATAGRAM,
                  replay_window_s=DEFAULT_REPLAY_WINDOW_S, reassembly_bytes=REASSEMBLY_BYTES_TOTAL,
-                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES, text_only=()):
+                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES, text_only=(),
+                 replay_entries=REPLAY_CACHE_ENTRIES, outbox_bytes=OUTBOX_BYTES):
         self.receives = receives
         # Kinds delivered as JSON text only (Message.obj None): the collector hands reports to SQLite,
         # which reads the JSON itself, so parsing them in Python would be work done twice.
@@ -1048,11 +1057,11 @@ class Endpoint(object):
         # Requests stamped before this (the agent's start) may have run before a restart: refused,
         # retryably, since the reply cache that would have answered them is gone.
         self.not_before_ms = not_before_ms
-        self.guard = ReplayGuard(replay_window_s)
+        self.guard = ReplayGuard(replay_window_s, replay_entries)
         self.reassembler = Reassembler(total_bytes=reassembly_bytes)
-        self.outbox = Outbox()
+        self.outbox = Outbox(outbox_bytes)
         self.addresses = AddressBook(address_entries)
-        self.stamps = Stamps()
+        self.stamps = Stamps(replay_entries)
         self._outgoing = []
 
     # --- output -----------------------------------------------------------------------------------
