@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/bench_throughput.py                     # windows 1, 16, 64, 256; 5 s each
     .venv/bin/python bench/bench_throughput.py --windows 64 --duration 10
+    .venv/bin/python bench/bench_throughput.py --windows 16 --operation memory.info --agent-src /work/main/agent_src
 
 The load generator (this process) keeps WINDOW requests outstanding on one raw UDP socket: each
 request is a fresh message (new id, current timestamp) encoded with mdp_agent.protocol, so the agent
 verifies, runs and signs every one (a repeated id would only hit its reply cache). Every reply is
 verified before it counts. A request unanswered after LOST_AFTER_S is counted as lost and replaced.
 Latency is send-to-verified-reply for each answered request, over the measured period only (a warm-up
-second is discarded).
+second is discarded). --operation asks for another operation than ping (memory.info: the issue's
+"CPU per memory.info"); --agent-src runs another copy of agent_src (an A/B against an older
+checkout in the same minutes).
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ TARGET_PER_S = 10000
 
 
 def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int, duration: float,
-            agent_pid: int | None = None) -> dict:
+            agent_pid: int | None = None, operation: str = "ping") -> dict:
     """Drive the agent at `window` outstanding requests for WARMUP_S + duration seconds.
 
     With agent_pid, also the agent's CPU time per answered ping over the measured period: unlike
     the rate, it hardly depends on what else the machine is doing.
     """
-    payload = protocol.dump_json(protocol.make_request(["ping"]))
+    payload = protocol.dump_json(protocol.make_request([operation]))
     outstanding: dict[bytes, float] = {}
     latencies: list[float] = []
     lost = bad = errors = 0
@@ -107,7 +110,8 @@ def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int
             "max_ms": round(latencies[-1] * 1000, 3) if latencies else None}
 
 
-def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout) -> dict:
+def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout, operation: str = "ping",
+        agent_src: Path | None = None) -> dict:
     agent_ip, generator_ip = C.address(BLOCK, 0), C.address(BLOCK, 1)
     if C.udp_port_bound(agent_ip, C.AGENT_PORT):
         raise SystemExit(f"bench_throughput: {agent_ip}:{C.AGENT_PORT} is in use; is another run going?")
@@ -123,7 +127,7 @@ def run(windows: list[int], duration: float, python: str = sys.executable, out=s
         agent = subprocess.Popen(
             [python, "-m", "mdp_agent", "--config", str(tmp / "agent.conf"), "--bind", agent_ip, "--port",
              str(C.AGENT_PORT), "--state-dir", str(state), "--log-level", "warning"],
-            env=C.agent_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"))
+            env=dict(C.agent_env(), PYTHONPATH=str(agent_src or C.AGENT_SRC)), stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"))
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             C.wait_for(lambda: C.udp_port_bound(agent_ip, C.AGENT_PORT) or agent.poll() is not None, 20,
@@ -135,13 +139,14 @@ def run(windows: list[int], duration: float, python: str = sys.executable, out=s
             keys = protocol.KeyPair.from_text(key)
             for window in windows:
                 load = C.loadavg()
-                r = measure(sock, (agent_ip, C.AGENT_PORT), keys, window, duration, agent.pid)
+                r = measure(sock, (agent_ip, C.AGENT_PORT), keys, window, duration, agent.pid, operation)
+                r["operation"] = operation
                 r["loadavg_1m"] = round(load, 2)
                 r["agent_rss_mib"] = round(C.rss_kib(agent.pid) / 1024, 1)
                 results["runs"].append(r)
-                print(f"window {window:>4}: {r['per_s']:>6} pings/s answered (target >= {TARGET_PER_S}), "
+                print(f"window {window:>4}: {r['per_s']:>6} {operation}/s answered (target >= {TARGET_PER_S}), "
                       f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']} ms; lost {r['lost']}, "
-                      f"bad {r['bad_replies']}, error replies {r['error_replies']}; agent CPU {r['agent_cpu_us_per_ping']} us/ping; "
+                      f"bad {r['bad_replies']}, error replies {r['error_replies']}; agent CPU {r['agent_cpu_us_per_ping']} us/request; "
                       f"agent RSS {r['agent_rss_mib']} MiB; load {load:.1f}",
                       file=out, flush=True)
                 time.sleep(LOST_AFTER_S)   # let stragglers of this window arrive before the next one
@@ -169,10 +174,12 @@ def main(argv=None):
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per window (default %(default)g)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the agent (default: this one)")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    p.add_argument("--operation", default="ping", help="operation each request asks for (default %(default)s)")
+    p.add_argument("--agent-src", type=Path, help="agent_src to run (default: this checkout's)")
     args = p.parse_args(argv)
     if min(args.windows) < 1 or args.duration <= 0:
         p.error("windows must be at least 1 and --duration more than 0")
-    results = run(args.windows, args.duration, args.python)
+    results = run(args.windows, args.duration, args.python, operation=args.operation, agent_src=args.agent_src)
     if args.json:
         print(json.dumps(results))
 
