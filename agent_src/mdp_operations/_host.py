@@ -7,7 +7,6 @@ so every parser can be checked against exact, hand-computed values from another 
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 
 _REAL = {"proc": "/proc", "sys": "/sys", "etc": "/etc", "var": "/var", "run": "/run", "dev": "/dev"}
@@ -133,6 +132,7 @@ def run(argv, timeout=5.0, max_output=MAX_OUTPUT, keep_end=False, merge_stderr=T
     Raises OSError when the program cannot be started, and subprocess.TimeoutExpired after
     killing it when it runs past timeout.
     """
+    import subprocess  # here: the families that run programs import it; /proc readers (ping) need not
     # Its own session, so a timeout kills everything it started: a grandchild left holding the
     # output pipe would otherwise keep us waiting.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
