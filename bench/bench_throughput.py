@@ -39,13 +39,13 @@ TARGET_PER_S = 10000
 
 
 def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int, duration: float,
-            agent_pid: int | None = None, operation: str = "ping") -> dict:
-    """Drive the agent at `window` outstanding requests for WARMUP_S + duration seconds.
+            agent_pid: int | None = None, operations: tuple = ("ping",)) -> dict:
+    """Drive the agent at `window` outstanding requests (of `operations`) for WARMUP_S + duration seconds.
 
-    With agent_pid, also the agent's CPU time per answered ping over the measured period: unlike
+    With agent_pid, also the agent's CPU time per answered request over the measured period: unlike
     the rate, it hardly depends on what else the machine is doing.
     """
-    payload = protocol.dump_json(protocol.make_request([operation]))
+    payload = protocol.dump_json(protocol.make_request(list(operations)))
     outstanding: dict[bytes, float] = {}
     latencies: list[float] = []
     lost = bad = errors = 0
@@ -110,8 +110,8 @@ def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int
             "max_ms": round(latencies[-1] * 1000, 3) if latencies else None}
 
 
-def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout, operation: str = "ping",
-        agent_src: Path | None = None) -> dict:
+def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout,
+        operations: tuple = ("ping",)) -> dict:
     agent_ip, generator_ip = C.address(BLOCK, 0), C.address(BLOCK, 1)
     if C.udp_port_bound(agent_ip, C.AGENT_PORT):
         raise SystemExit(f"bench_throughput: {agent_ip}:{C.AGENT_PORT} is in use; is another run going?")
@@ -127,7 +127,7 @@ def run(windows: list[int], duration: float, python: str = sys.executable, out=s
         agent = subprocess.Popen(
             [python, "-m", "mdp_agent", "--config", str(tmp / "agent.conf"), "--bind", agent_ip, "--port",
              str(C.AGENT_PORT), "--state-dir", str(state), "--log-level", "warning"],
-            env=dict(C.agent_env(), PYTHONPATH=str(agent_src or C.AGENT_SRC)), stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"))
+            env=C.agent_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"))
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             C.wait_for(lambda: C.udp_port_bound(agent_ip, C.AGENT_PORT) or agent.poll() is not None, 20,
@@ -139,12 +139,11 @@ def run(windows: list[int], duration: float, python: str = sys.executable, out=s
             keys = protocol.KeyPair.from_text(key)
             for window in windows:
                 load = C.loadavg()
-                r = measure(sock, (agent_ip, C.AGENT_PORT), keys, window, duration, agent.pid, operation)
-                r["operation"] = operation
+                r = measure(sock, (agent_ip, C.AGENT_PORT), keys, window, duration, agent.pid, operations)
                 r["loadavg_1m"] = round(load, 2)
                 r["agent_rss_mib"] = round(C.rss_kib(agent.pid) / 1024, 1)
                 results["runs"].append(r)
-                print(f"window {window:>4}: {r['per_s']:>6} {operation}/s answered (target >= {TARGET_PER_S}), "
+                print(f"window {window:>4}: {r['per_s']:>6} {'+'.join(operations)}/s answered (target >= {TARGET_PER_S}), "
                       f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']} ms; lost {r['lost']}, "
                       f"bad {r['bad_replies']}, error replies {r['error_replies']}; agent CPU {r['agent_cpu_us_per_ping']} us/request; "
                       f"agent RSS {r['agent_rss_mib']} MiB; load {load:.1f}",
@@ -175,11 +174,13 @@ def main(argv=None):
     p.add_argument("--python", default=sys.executable, help="interpreter for the agent (default: this one)")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     p.add_argument("--operation", default="ping", help="operation each request asks for (default %(default)s)")
-    p.add_argument("--agent-src", type=Path, help="agent_src to run (default: this checkout's)")
+    p.add_argument("--agent-src", type=Path, help="agent_src the agent runs from (default: this checkout's)")
     args = p.parse_args(argv)
     if min(args.windows) < 1 or args.duration <= 0:
         p.error("windows must be at least 1 and --duration more than 0")
-    results = run(args.windows, args.duration, args.python, operation=args.operation, agent_src=args.agent_src)
+    if args.agent_src:
+        C.AGENT_SRC = args.agent_src.resolve()   # what agent_env() puts on the agent's PYTHONPATH
+    results = run(args.windows, args.duration, args.python, operations=(args.operation,))
     if args.json:
         print(json.dumps(results))
 
