@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/bench_throughput.py                     # windows 1, 16, 64, 256; 5 s each
     .venv/bin/python bench/bench_throughput.py --windows 64 --duration 10
+    .venv/bin/python bench/bench_throughput.py --windows 16 --operation memory.info --agent-src /work/main/agent_src
 
 The load generator (this process) keeps WINDOW requests outstanding on one raw UDP socket: each
 request is a fresh message (new id, current timestamp) encoded with mdp_agent.protocol, so the agent
 verifies, runs and signs every one (a repeated id would only hit its reply cache). Every reply is
 verified before it counts. A request unanswered after LOST_AFTER_S is counted as lost and replaced.
 Latency is send-to-verified-reply for each answered request, over the measured period only (a warm-up
-second is discarded).
+second is discarded). --operation asks for another operation than ping (memory.info: the issue's
+"CPU per memory.info"); --agent-src runs another copy of agent_src (an A/B against an older
+checkout in the same minutes).
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ def measure(sock: socket.socket, agent_addr, keys: protocol.KeyPair, window: int
             "max_ms": round(latencies[-1] * 1000, 3) if latencies else None}
 
 
-def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout) -> dict:
+def run(windows: list[int], duration: float, python: str = sys.executable, out=sys.stdout,
+        operations: tuple = ("ping",)) -> dict:
     agent_ip, generator_ip = C.address(BLOCK, 0), C.address(BLOCK, 1)
     results = {"runs": []}
     with tempfile.TemporaryDirectory(prefix="mdp-bench-throughput-") as tmp:
@@ -119,13 +123,13 @@ def run(windows: list[int], duration: float, python: str = sys.executable, out=s
             keys = protocol.KeyPair.from_text(key)
             for window in windows:
                 load = C.loadavg()
-                r = measure(sock, (agent_ip, C.AGENT_PORT), keys, window, duration, agent.pid)
+                r = measure(sock, (agent_ip, C.AGENT_PORT), keys, window, duration, agent.pid, operations)
                 r["loadavg_1m"] = round(load, 2)
                 r["agent_rss_mib"] = round(C.rss_kib(agent.pid) / 1024, 1)
                 results["runs"].append(r)
-                print(f"window {window:>4}: {r['per_s']:>6} pings/s answered (target >= {TARGET_PER_S}), "
+                print(f"window {window:>4}: {r['per_s']:>6} {'+'.join(operations)}/s answered (target >= {TARGET_PER_S}), "
                       f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']} ms; lost {r['lost']}, "
-                      f"bad {r['bad_replies']}, error replies {r['error_replies']}; agent CPU {r['agent_cpu_us_per_ping']} us/ping; "
+                      f"bad {r['bad_replies']}, error replies {r['error_replies']}; agent CPU {r['agent_cpu_us_per_ping']} us/request; "
                       f"agent RSS {r['agent_rss_mib']} MiB; load {load:.1f}",
                       file=out, flush=True)
                 time.sleep(LOST_AFTER_S)   # let stragglers of this window arrive before the next one
@@ -153,10 +157,14 @@ def main(argv=None):
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per window (default %(default)g)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the agent (default: this one)")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    p.add_argument("--operation", default="ping", help="operation each request asks for (default %(default)s)")
+    p.add_argument("--agent-src", type=Path, help="agent_src the agent runs from (default: this checkout's)")
     args = p.parse_args(argv)
     if min(args.windows) < 1 or args.duration <= 0:
         p.error("windows must be at least 1 and --duration more than 0")
-    results = run(args.windows, args.duration, args.python)
+    if args.agent_src:
+        C.AGENT_SRC = args.agent_src.resolve()   # what agent_env() puts on the agent's PYTHONPATH
+    results = run(args.windows, args.duration, args.python, operations=(args.operation,))
     if args.json:
         print(json.dumps(results))
 

@@ -13,14 +13,11 @@ message fields and the design.
 import binascii
 import errno
 import hashlib
-import ipaddress
 import json
 import logging
 import os
 import tempfile
 import threading
-
-from mdp_operations import cluster as performance_ops
 
 from . import syncthing
 from .errors import MDPError
@@ -112,6 +109,7 @@ def _refuse_system_path(folder, candidate):
 
 
 def _ip(value, what):
+    import ipaddress  # here, not at the top: every agent imports this module at start, few use cluster mode
     try:
         return str(ipaddress.ip_address(value if isinstance(value, str) else "?"))
     except ValueError:
@@ -133,6 +131,7 @@ def local_addresses():
     except OSError:
         pass
     try:
+        import ipaddress
         with open("/proc/net/if_inet6") as handle:
             for line in handle:
                 raw = line.split()[0]
@@ -382,6 +381,7 @@ class ClusterManager:
     # Helpers ------------------------------------------------------------------------------
 
     def _answer(self, my_id, state, missing, changed):
+        from mdp_operations import cluster as performance_ops  # late, as ipaddress above
         self_ip = state.get("self_ip")
         modes = []
         for path in state.get("folders", []):

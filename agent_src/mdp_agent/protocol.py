@@ -94,6 +94,10 @@ MAX_CHUNKS = 65535              # the u16 field; with 1200-byte datagrams 4 MiB 
 MAX_USEFUL_CHUNKS = MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1
 # Compression only pays above a few hundred bytes (zlib's header and a small JSON object).
 COMPRESS_MIN_BYTES = 256
+# Deflating costs ~20 us per kB: a message that fits one datagram is sent as it is (unless it would
+# exceed what the amplification rule lets us send, see encode_message), and a longer one keeps the
+# zlib stream only when it saves a datagram or at least this share of the bytes.
+COMPRESS_MIN_SAVING = 0.25
 # Replay window: a request more than 60 s older or newer than the receiver's clock is refused (and
 # the refusal says by how much). NTP keeps real fleets within milliseconds; 60 s tolerates a sloppy one.
 DEFAULT_REPLAY_WINDOW_S = 60.0
@@ -101,6 +105,11 @@ DEFAULT_REPLAY_WINDOW_S = 60.0
 # this; when full, the oldest id is forgotten and the window's lower edge moves up to its timestamp,
 # so anything older is refused as stale rather than risking a replay: ~20 MB at most (measured).
 REPLAY_CACHE_ENTRIES = 100000
+# An agent's own caps, so that its memory stays bounded by a few MiB whatever the request rate
+# (measured with every cap full: docs/benchmarks.md). 16,384 ids hold a whole window up to ~270
+# requests/s; beyond that the floor rises and only ever refuses more (as stale), never accepts a replay.
+# The agent's Stamps keep as many entries.
+AGENT_REPLAY_CACHE_ENTRIES = 16384
 # Reassembly: partial messages per peer, bytes per peer and overall, and how long a partial message
 # may wait for its next chunk before it is dropped (bounded memory whatever a peer sends).
 # Limits are per IP address, not per (address, port): one host cannot multiply them by using more ports.
@@ -116,6 +125,9 @@ CHUNK_COST = 100
 REASSEMBLY_BYTES_PER_PEER = MAX_MESSAGE_BYTES + CHUNK_COST * (MAX_MESSAGE_BYTES // (MIN_DATAGRAM - OVERHEAD) + 1)
 # Sent messages kept to answer duplicates and RESENDs: bytes overall, and for how long.
 OUTBOX_BYTES = 16 * 1024 * 1024
+# The agent's reply cache: ~7,000 ping replies, seconds of them at thousands per second (a duplicate
+# whose reply has aged out gets no answer; its sender's deadline runs out and it asks anew).
+AGENT_OUTBOX_BYTES = 4 * 1024 * 1024
 # What each kept message costs beyond its datagrams' bytes (dict entry, key and value tuples, list,
 # bytes headers), counted so that OUTBOX_BYTES bounds real memory even for tiny replies.
 OUTBOX_ENTRY_COST = 400
@@ -313,12 +325,14 @@ def hexlify(data):
 
 
 def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAULT_MAX_DATAGRAM,
-                   compress=True):
+                   compress=True, fit=None):
     """Seal `payload` (bytes) as one message, cut into datagrams. Returns a list of bytes.
 
     `dkey` is a DirectionKey (KeyPair.for_direction); the message key is derived once per message.
 
-    Compresses with zlib when that makes the message smaller; chunks when it still does not fit.
+    compress=True deflates with zlib when that pays (_worth_deflating): when the message needs more
+    than one datagram, or when it is larger than `fit` (the bytes the caller may send: a reply's
+    amplification allowance) and deflating might bring it under. Then chunks when it does not fit.
     """
     if not MIN_DATAGRAM <= max_datagram <= MAX_DATAGRAM:
         raise ValueError("max_datagram must be between %d and %d" % (MIN_DATAGRAM, MAX_DATAGRAM))
@@ -327,11 +341,13 @@ def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAU
     if len(payload) > MAX_MESSAGE_BYTES:   # receivers refuse to inflate past this, so never send it
         raise ProtocolError("too_large", "message is %d bytes, the limit is %d" % (len(payload), MAX_MESSAGE_BYTES))
     flags = 0
-    if compress and len(payload) >= COMPRESS_MIN_BYTES:
-        packed = zlib.compress(payload, 6)
-        if len(packed) < len(payload):
-            payload, flags = packed, FLAG_ZLIB
     room = max_datagram - OVERHEAD
+    size = len(payload)
+    over_fit = fit is not None and size + OVERHEAD * ((size + room - 1) // room or 1) > fit
+    if compress and size >= COMPRESS_MIN_BYTES and (size > room or over_fit):
+        packed = zlib.compress(payload, 6)
+        if _worth_deflating(size, len(packed), room, over_fit):
+            payload, flags = packed, FLAG_ZLIB
     count = max(1, (len(payload) + room - 1) // room)
     datagrams = []
     message_key = dkey.message_key(kind, msg_id, timestamp_ms)
@@ -341,6 +357,15 @@ def encode_message(kind, payload, dkey, msg_id, timestamp_ms, max_datagram=DEFAU
         head = HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, flags, 0, index, count, msg_id, timestamp_ms)
         datagrams.append(_seal(seal, message_key, kind, index, head, body))
     return datagrams
+
+
+def _worth_deflating(size, packed, room, over_fit):
+    """Whether a zlib stream of `packed` bytes is worth sending in place of `size` bytes of JSON."""
+    if packed >= size:
+        return False
+    if over_fit:   # any saving may spare the round trip of a CHALLENGE
+        return True
+    return (packed + room - 1) // room < (size + room - 1) // room or packed <= size * (1 - COMPRESS_MIN_SAVING)
 
 
 def encode(kind, obj, keys, direction, msg_id=None, timestamp_ms=0, max_datagram=DEFAULT_MAX_DATAGRAM,
@@ -453,6 +478,8 @@ def decode_body(flags, data):
 def check_payload_version(obj):
     """Refuse a payload whose "version" has another major number (a missing version means ours)."""
     version = obj.get("version", VERSION_STRING)
+    if version == VERSION_STRING:   # nearly always
+        return
     major = str(version).split(".", 1)[0]
     if major != str(PROTOCOL_VERSION):
         raise ProtocolError("unsupported_version", "payload version %r is not supported; this side speaks %s"
@@ -702,11 +729,12 @@ class Reassembler(object):
 # --- Sent messages, for duplicates and RESEND ----------------------------------------------------
 
 class _Sent(object):
-    __slots__ = ("sent_at", "datagrams", "addr", "originated", "sends")
+    __slots__ = ("sent_at", "datagrams", "addr", "originated", "sends", "cost")
 
     def __init__(self, datagrams, now, addr, originated):
         self.sent_at, self.datagrams, self.addr, self.originated = now, datagrams, addr, originated
         self.sends = bytearray(len(datagrams))   # times each datagram went out, capped at MAX_SENDS_PER_DATAGRAM
+        self.cost = OUTBOX_ENTRY_COST + total_bytes(datagrams)   # counted against OUTBOX_BYTES
 
 
 class Outbox(object):
@@ -727,7 +755,7 @@ class Outbox(object):
         if msg_id in self._items:
             self._remove(msg_id)
         entry = self._items[msg_id] = _Sent(datagrams, now, addr, originated)
-        self.size += _outbox_cost(datagrams)
+        self.size += entry.cost
         self.expire(now)
         return entry if msg_id in self._items else None
 
@@ -750,14 +778,15 @@ class Outbox(object):
             self._remove(msg_id)
 
     def _remove(self, msg_id):
-        self.size -= _outbox_cost(self._items.pop(msg_id).datagrams)
+        self.size -= self._items.pop(msg_id).cost
 
     def __len__(self):
         return len(self._items)
 
 
-def _outbox_cost(datagrams):
-    return OUTBOX_ENTRY_COST + sum(len(d) for d in datagrams)
+def total_bytes(datagrams):
+    """Bytes of a list of datagrams (most messages are one)."""
+    return len(datagrams[0]) if len(datagrams) == 1 else sum(map(len, datagrams))
 
 
 # --- Timestamps of reused msg_ids: the nonce rule ------------------------------------------------
@@ -1100,7 +1129,8 @@ class Endpoint(object):
 
     def __init__(self, receives, keys_for, dedup=None, answer_errors=False, max_datagram=DEFAULT_MAX_DATAGRAM,
                  replay_window_s=DEFAULT_REPLAY_WINDOW_S, reassembly_bytes=REASSEMBLY_BYTES_TOTAL,
-                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES, text_only=()):
+                 not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES, text_only=(),
+                 replay_entries=REPLAY_CACHE_ENTRIES, outbox_bytes=OUTBOX_BYTES):
         self.receives = receives
         # Kinds delivered as JSON text only (Message.obj None): the collector hands reports to SQLite,
         # which reads the JSON itself, so parsing them in Python would be work done twice.
@@ -1114,11 +1144,11 @@ class Endpoint(object):
         # Requests stamped before this (the agent's start) may have run before a restart: refused,
         # retryably, since the reply cache that would have answered them is gone.
         self.not_before_ms = not_before_ms
-        self.guard = ReplayGuard(replay_window_s)
+        self.guard = ReplayGuard(replay_window_s, replay_entries)
         self.reassembler = Reassembler(total_bytes=reassembly_bytes)
-        self.outbox = Outbox()
+        self.outbox = Outbox(outbox_bytes)
         self.addresses = AddressBook(address_entries)
-        self.stamps = Stamps()
+        self.stamps = Stamps(replay_entries)
         self._outgoing = []
 
     # --- output -----------------------------------------------------------------------------------
@@ -1144,14 +1174,14 @@ class Endpoint(object):
             msg_id = new_msg_id()
         else:   # a msg_id used before (a reply's, a RESEND's, a retransmitted report's): see Stamps
             wall_ms = self.stamps.stamp(kind, msg_id, wall_ms, now)
+        allowance = self.addresses.allowance(addr, now) if response else None
         datagrams = encode_message(kind, payload, keys.for_direction(self.sends), msg_id, wall_ms,
-                                   self.max_datagram, compress)
+                                   self.max_datagram, compress, allowance)
         entry = self.outbox.put(msg_id, datagrams, now, addr, not response) if cache else None
         if not response:
             self._queue(addr, datagrams, entry)
             return msg_id
-        allowance = self.addresses.allowance(addr, now)
-        if allowance is None or sum(len(d) for d in datagrams) <= allowance:
+        if allowance is None or total_bytes(datagrams) <= allowance:
             self._queue(addr, datagrams, entry, counted=True)
         elif entry is not None:
             self._challenge(addr, msg_id, len(datagrams), keys, wall_ms, now)
@@ -1272,7 +1302,7 @@ class Endpoint(object):
                 return [Refusal(addr, "foreign_duplicate", "a request first seen from another address",
                                 packet.msg_id)]
             allowance = self.addresses.allowance(addr, now)
-            if allowance is None or sum(len(d) for d in entry.datagrams) <= allowance:
+            if allowance is None or entry.cost - OUTBOX_ENTRY_COST <= allowance:
                 self._queue(addr, entry.datagrams, entry, counted=True)
             else:
                 self._challenge(addr, packet.msg_id, len(entry.datagrams), keys, wall_ms, now)

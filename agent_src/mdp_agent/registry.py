@@ -11,10 +11,8 @@ docstrings), and site modules dropped into operations_dir (/etc/mdp/operations.d
 import errno
 import fnmatch
 import importlib
-import inspect
 import logging
 import os
-import pkgutil
 import re
 import stat
 import sys
@@ -77,6 +75,59 @@ class _OutsideAgent(object):
         raise OperationError("not_available", "this operation runs only inside an agent")
 
 
+# What a parameter without a default has (inspect.Parameter.empty without importing inspect).
+_REQUIRED = object()
+
+
+def _cleandoc(doc):
+    """inspect.cleandoc: the docstring without its indentation and blank edge lines.
+
+    Written out because importing inspect (ast, dis, tokenize...) was a fifth of the agent's start-up.
+    """
+    lines = doc.expandtabs().split("\n")
+    margin = None
+    for line in lines[1:]:
+        content = len(line.lstrip())
+        if content:
+            indent = len(line) - content
+            margin = indent if margin is None else min(margin, indent)
+    lines[0] = lines[0].lstrip()
+    if margin is not None:
+        lines[1:] = [line[margin:] for line in lines[1:]]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def _keyword_parameters(func):
+    """[(name, default or _REQUIRED)] of the parameters func takes by keyword, read from its code
+    object (a bound method's first one excluded); inspect.signature only for other callables."""
+    function = getattr(func, "__func__", func)
+    code = getattr(function, "__code__", None)
+    if code is None or not isinstance(function, types.FunctionType):
+        import inspect
+        return [(p.name, _REQUIRED if p.default is p.empty else p.default)
+                for p in inspect.signature(func).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    first = getattr(code, "co_posonlyargcount", 0)
+    if function is not func and getattr(func, "__self__", None) is not None:
+        first = max(first, 1)   # bound: self is given
+    positional = code.co_varnames[:code.co_argcount]
+    keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    defaults = function.__defaults__ or ()
+    kwdefaults = function.__kwdefaults__ or {}
+    out = []
+    for index, name in enumerate(positional):
+        if index >= first:
+            at = index - (len(positional) - len(defaults))
+            out.append((name, defaults[at] if at >= 0 else _REQUIRED))
+    for name in keyword_only:
+        out.append((name, kwdefaults.get(name, _REQUIRED)))
+    return out
+
+
 def _json_kind(value):
     """The JSON type of a value, for comparing an argument with its default."""
     if value is None:
@@ -104,14 +155,14 @@ class Operation:
     def __init__(self, name, func, mutating=False, inline=False, changes_state=False, source="builtin"):
         self.name = name
         self.func = func
-        self.doc = inspect.cleandoc(func.__doc__ or "")
+        self.doc = _cleandoc(func.__doc__ or "")
         self.summary = self.doc.splitlines()[0] if self.doc else ""
         self.mutating = bool(mutating)
         self.changes_state = bool(changes_state)
         self.inline = bool(inline)
         self.source = source
-        self._parameters = [p for p in inspect.signature(func).parameters.values()
-                            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self._parameters = _keyword_parameters(func)     # [(name, default or _REQUIRED)]
+        self._defaults = dict(self._parameters)
 
     def check_arguments(self, args):
         """Validate args against the signature without running; returns them (None -> {})."""
@@ -120,21 +171,21 @@ class Operation:
         if not isinstance(args, dict):
             raise OperationError("bad_arguments", "{}: args must be an object, not {}".format(
                 self.name, _json_kind(args)))
-        known = {p.name: p for p in self._parameters}
-        for key in sorted(args, key=str):
+        known = self._defaults
+        for key in sorted(args, key=str) if args else ():
             if key not in known:
                 raise OperationError("bad_arguments", "{}: unknown argument {!r} (takes: {})".format(
                     self.name, key, ", ".join(sorted(known)) or "none"))
-            default = known[key].default
+            default = known[key]
             # A default of a JSON type fixes the argument's type; None defaults accept anything.
-            if default is not known[key].empty and default is not None \
+            if default is not _REQUIRED and default is not None \
                     and _json_kind(args[key]) != _json_kind(default):
                 raise OperationError("bad_arguments", "{}: argument {!r} must be a {}, not {}".format(
                     self.name, key, _json_kind(default), _json_kind(args[key])))
-        for p in self._parameters:
-            if p.default is p.empty and p.name not in args:
+        for name, default in self._parameters:
+            if default is _REQUIRED and name not in args:
                 raise OperationError("bad_arguments", "{}: missing required argument {!r}".format(
-                    self.name, p.name))
+                    self.name, name))
         return args
 
     def call(self, args=None):
@@ -161,6 +212,7 @@ class Registry:
         self.allow = tuple(allow)
         self.enable_mutating = bool(enable_mutating)
         self._operations = {}
+        self._verdicts = {}   # name -> (operation, _refusal of it): allow and mutating are fixed per registry
 
         def get_available_methods():
             """Every operation this agent allows, with its hint.
@@ -320,7 +372,10 @@ class Registry:
         operation = self._get(name)
         if operation is None:
             raise OperationError("unknown_operation", "no operation named {}".format(name))
-        refusal = self._refusal(operation)
+        verdict = self._verdicts.get(name)
+        if verdict is None or verdict[0] is not operation:   # one fnmatch per operation, not per request
+            verdict = self._verdicts[name] = (operation, self._refusal(operation))
+        refusal = verdict[1]
         if refusal:
             raise OperationError("not_allowed", refusal)
         return operation
@@ -340,7 +395,7 @@ class Registry:
 def _public_functions(module):
     for name, value in sorted(vars(module).items()):
         # Only functions defined in the module itself: not helpers it imported.
-        if not name.startswith("_") and inspect.isfunction(value) \
+        if not name.startswith("_") and isinstance(value, types.FunctionType) \
                 and value.__module__ == module.__name__:
             yield name, value
 
@@ -361,12 +416,29 @@ def load_default_registry(allow=("*",), enable_mutating=False, operations_dir=No
     outside = _OutsideAgent()
     for name, method, flags in AGENT_OPERATIONS:
         registry.register(name, types.MethodType(getattr(Agent, method), outside), **flags)
-    for info in sorted(pkgutil.iter_modules(mdp_operations.__path__), key=lambda i: i[1]):
-        family = info[1]
-        if not family.startswith("_"):
-            registry.add_family(family, "mdp_operations." + family)
+    for family in _family_names(mdp_operations.__path__):
+        registry.add_family(family, "mdp_operations." + family)
     for alias, target in sorted(LEGACY_ALIASES.items()):
         registry.add_alias(alias, target)
     if operations_dir:
         registry.load_site_modules(operations_dir)
     return registry
+
+
+def _family_names(package_path):
+    """The family modules (NAME.py, NAME not starting with "_") of a package's directories, sorted.
+
+    A directory listing, not pkgutil.iter_modules: importing pkgutil (and typing with it) cost the
+    agent's start-up ~9 ms for the same answer.
+    """
+    names = set()
+    for directory in package_path:
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.endswith(".py") and not entry.startswith("_") and NAME_PATTERN.match(entry[:-3]) \
+                    and "." not in entry[:-3]:
+                names.add(entry[:-3])
+    return sorted(names)

@@ -150,7 +150,8 @@ class Agent(object):
         self.endpoint = protocol.Endpoint(
             protocol.TO_AGENT, lambda ip, msg_id: self.keys, dedup={protocol.REQUEST: False}, answer_errors=True,
             max_datagram=self.settings["max_datagram"], replay_window_s=self.settings["replay_window"],
-            reassembly_bytes=protocol.AGENT_REASSEMBLY_BYTES_TOTAL, not_before_ms=now_ms())
+            reassembly_bytes=protocol.AGENT_REASSEMBLY_BYTES_TOTAL, not_before_ms=now_ms(),
+            replay_entries=protocol.AGENT_REPLAY_CACHE_ENTRIES, outbox_bytes=protocol.AGENT_OUTBOX_BYTES)
         self.loop.add_reader(sock, self._on_readable)
         self.spool.load(time.time(), time.monotonic())
         self._load_subscriptions()

@@ -21,6 +21,10 @@ def mutating(func):
 
 
 def inline(func):
-    """Mark a trivially cheap operation that the server may run on its event loop directly."""
+    """Mark a cheap operation that the server runs on its event loop, without the worker-pool hop
+    (which costs more than the operation). Only for operations that read a few /proc, /sys or
+    /etc files and return: no programs, no sleeps, no statvfs of mounts (NFS can hang), no
+    /proc/PID files (a process in D state can block the read); those stay on the pool, whose
+    timeout can give up on them."""
     func.mdp_inline = True
     return func

@@ -38,11 +38,12 @@ def meminfo():
     result = {}
     for line in _host.read("proc", "meminfo").splitlines():
         key, _, rest = line.partition(":")
-        parts = rest.split()
-        if not parts:
+        if rest.endswith(" kB"):     # nearly every line: one int() of "   16384" and no split
+            result[key.strip()] = int(rest[:-3]) * 1024
             continue
-        value = int(parts[0])
-        result[key.strip()] = value * 1024 if parts[1:] == ["kB"] else value
+        parts = rest.split()
+        if parts:
+            result[key.strip()] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
     return result
 
 

@@ -1,6 +1,6 @@
 """Block device I/O counters from /proc/diskstats."""
 
-from . import _host
+from . import _host, inline
 
 # The kernel counts sectors of 512 bytes in diskstats whatever the device's real sector size.
 SECTOR = 512
@@ -13,6 +13,7 @@ _FIELDS = ("reads", "reads_merged", "read_sectors", "read_time_ms",
            "flushes", "flush_time_ms")
 
 
+@inline
 def io(include_idle=False):
     """Cumulative I/O counters per block device since boot.
 

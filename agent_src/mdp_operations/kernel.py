@@ -2,7 +2,7 @@
 
 import re
 
-from . import _host
+from . import _host, inline
 
 # What operators look at first: forwarding, SYN cookies, overcommit, swappiness, limits, ASLR.
 DEFAULT_SYSCTLS = (
@@ -40,6 +40,7 @@ def sysctl(names=None):
     return result
 
 
+@inline
 def modules():
     """Loaded kernel modules, from /proc/modules (as lsmod).
 

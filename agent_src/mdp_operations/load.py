@@ -1,8 +1,9 @@
 """Run-queue load averages."""
 
-from . import _host
+from . import _host, inline
 
 
+@inline
 def avg():
     """Load averages from /proc/loadavg.
 

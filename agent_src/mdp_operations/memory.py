@@ -1,6 +1,6 @@
 """Memory and swap from /proc/meminfo."""
 
-from . import _host, _procfs
+from . import _host, _procfs, inline
 
 
 def _low_watermark_bytes():
@@ -31,6 +31,7 @@ def _estimate_available(mem):
     return max(available, 0)
 
 
+@inline
 def info():
     """Memory and swap use, in bytes.
 

@@ -5,7 +5,7 @@ import fcntl
 import socket
 import struct
 
-from . import _host, _procfs
+from . import _host, _procfs, inline
 
 # ioctl request numbers from <linux/sockios.h>; the kernel has no file that lists IPv4 addresses
 # per interface (fib_trie lacks interface names), so these are the ioctl-free way's only gap.
@@ -93,6 +93,7 @@ _DEV_TX = ("tx_bytes", "tx_packets", "tx_errors", "tx_dropped", "tx_fifo", "tx_c
            "tx_carrier", "tx_compressed")
 
 
+@inline
 def stats():
     """Cumulative traffic counters per interface from /proc/net/dev.
 

@@ -1,7 +1,6 @@
 """Who this machine is and how long it has been up."""
 
 import os
-import platform
 import time
 
 from . import _host, _procfs, inline
@@ -24,6 +23,7 @@ def _os_release():
     return result
 
 
+@inline
 def info():
     """Identity of this machine and agent.
 
@@ -31,6 +31,7 @@ def info():
     "version_id", "pretty_name", "codename"}, "arch", "cpu_count", "boot_time" (epoch seconds),
     "python" (version string), "agent_version"}.
     """
+    import platform  # here, not at the top: the agent loads this family at start for ping
     try:
         from mdp_agent import __version__ as agent_version
     except ImportError:
@@ -58,6 +59,7 @@ def info():
     }
 
 
+@inline
 def uptime():
     """How long the machine has been up.
 

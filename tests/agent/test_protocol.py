@@ -88,13 +88,23 @@ def test_round_trip_of_big_compressible_and_chunked_messages(obj, max_datagram):
         assert receive(datagrams, p.TO_CONTROLLER) == (p.REPLY, obj)
 
 
-def test_compression_is_used_only_when_it_helps():
-    def flags(payload):
-        return bytearray(p.encode_message(p.REPLY, payload, KEYS.to_controller, b"12345678", 0)[0])[4]
+def test_compression_is_used_only_when_it_saves_a_datagram_or_a_real_share():
+    def flags(payload, fit=None):
+        return bytearray(p.encode_message(p.REPLY, payload, KEYS.to_controller, b"12345678", 0, fit=fit)[0])[4]
 
-    assert flags(b"a" * (p.COMPRESS_MIN_BYTES - 1)) == 0        # too small to bother
-    assert flags(b"a" * p.COMPRESS_MIN_BYTES) == p.FLAG_ZLIB
-    assert flags(os.urandom(800)) == 0                           # deflate would make it bigger
+    room = p.DEFAULT_MAX_DATAGRAM - p.OVERHEAD
+    noise = os.urandom(1500)
+    assert flags(b"a" * (p.COMPRESS_MIN_BYTES - 1), fit=0) == 0  # too small to bother
+    assert flags(b"a" * room) == 0                                # one datagram either way
+    assert flags(b"a" * (room + 1)) == p.FLAG_ZLIB                # two datagrams become one
+    assert flags(noise + b"a" * 200) == 0                         # two datagrams either way, ~12% saved
+    assert flags(noise + b"a" * 1000) == p.FLAG_ZLIB              # three become two
+    assert flags(noise[:1250] + b"a" * (2 * room - 1250)) == p.FLAG_ZLIB   # two either way, 45% saved
+    assert flags(os.urandom(3000)) == 0                           # deflate would make it bigger
+    # A reply over what the amplification rule lets us send is deflated if that helps at all.
+    assert flags(b"a" * 400, fit=300) == p.FLAG_ZLIB
+    assert flags(b"a" * 400, fit=400 + p.OVERHEAD) == 0
+    assert flags(os.urandom(400), fit=300) == 0
 
 
 def test_encode_refuses_a_kind_the_direction_may_not_send():

@@ -185,6 +185,14 @@ def test_default_registry_has_families_and_legacy_names():
     assert not [n for n in names if n.startswith("_") or "._" in n]
     assert "filesystem.re" not in names and "network.socket" not in names
     assert reg.lookup("ping").inline and reg.lookup("system.ping").inline
+    # Reads of a few /proc files run on the loop; anything that runs programs, sleeps, statvfs()es
+    # mounts or reads /proc/PID (which can block) stays on the pool, whose timeout can give up.
+    for name in ("memory.info", "get_machine_memory", "load.avg", "system.uptime", "system.info", "disk.io",
+                 "network.stats", "kernel.modules"):
+        assert reg.lookup(name).inline, name
+    for name in ("cpu.usage", "process.top", "process.count", "filesystem.usage", "service.status",
+                 "network.listening", "packages.installed", "logs.tail"):
+        assert not reg.lookup(name).inline, name
     assert reg.lookup("ping").call(None)["reply"] == "pong"
     assert "percent" in reg.lookup("get_cpu_percent").call(None)
     assert "total" in reg.lookup("get_machine_memory").call(None)
