@@ -11,7 +11,7 @@ import pytest
 
 from mdp_controller import web
 from mdp_controller.cli import _duration, human_duration
-from mdp_controller.metrics import FleetMetrics, exposition, registry_for
+from mdp_controller.metrics import FleetMetrics
 from mdp_controller.retention import Pruner
 from mdp_controller.storage import (
     DEFAULT_INTERVAL_S,
@@ -92,7 +92,7 @@ def test_metrics_are_built_from_the_database_at_scrape_time(tmp_path):
     store.add("10.0.0.6", report(), received_at=1.0)   # reported once, long ago: down
     store.flush()
     metrics = FleetMetrics(str(db))
-    text = exposition(registry_for(metrics)).decode()
+    text = metrics.exposition().decode()
     assert 'mdp_machine_up{machine="10.0.0.5"} 1.0' in text and 'mdp_machine_up{machine="10.0.0.6"} 0.0' in text
     assert "# TYPE mdp_machine_reports_total counter" in text
     assert 'mdp_memory_available_bytes{machine="10.0.0.5"} 250.0' in text
@@ -102,7 +102,7 @@ def test_metrics_are_built_from_the_database_at_scrape_time(tmp_path):
     assert "mdp_monitor_datagrams_received_total" not in text   # no running collector in this process
     store.add("10.0.0.7", report())
     store.flush()
-    assert 'mdp_machine_up{machine="10.0.0.7"} 1.0' in exposition(registry_for(metrics)).decode()
+    assert 'mdp_machine_up{machine="10.0.0.7"} 1.0' in metrics.exposition().decode()
 
 
 def test_token_rules():
