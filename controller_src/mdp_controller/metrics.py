@@ -49,14 +49,18 @@ def _result(latest: dict, operation: str):
 
 UP = "mdp_machine_up"
 UP_HELP = "1 while reports arrive within three of the machine's report intervals, else 0."
-# Machines rendered per prometheus_client call (and per read of their rows): bounds the time the
+# Machines rendered per prometheus_client call (and per read of their rows): bounds how long the
 # page's API waits for the read connection.
-RENDER_BATCH = 1000
+RENDER_BATCH = 250
 REFRESH_S = 1.0
+# The share of a core the background rendering may take (it sleeps in between): with more reports
+# than that renders, each machine's values are re-rendered less often (older at a scrape), but a
+# scrape stays a join of what is rendered, and mdp_machine_up is still decided at the scrape.
+RENDER_CPU_SHARE = 0.25
 
 
 def _up_family(machines: list[dict]) -> Metric:
-    """mdp_machine_up, both values for each machine (down, then up): a scrape picks one by the time."""
+    """mdp_machine_up, both values for each machine (down, then up): a scrape picks one by its time."""
     up = GaugeMetricFamily(UP, UP_HELP, labels=["machine"])
     for m in machines:
         up.add_metric([m["ip"]], 0.0)
@@ -153,105 +157,130 @@ def _render(families: list[Metric]) -> list[tuple[str, list[str]]]:
 
 
 class _Rendered:
-    """What a scrape needs of one machine beyond its rendered lines (see FleetMetrics.lines)."""
+    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines)."""
 
-    __slots__ = ("reports", "last_seen", "interval", "up_lines")
+    __slots__ = ("reports", "interval", "up_lines", "order")
 
-    def __init__(self, reports: int, last_seen: float, interval: float, up_lines: tuple[str, str]):
-        self.reports, self.last_seen, self.interval = reports, last_seen, interval
-        self.up_lines = up_lines   # (down, up): which one a scrape shows depends on the time of the scrape
+    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int):
+        self.reports, self.interval, self.up_lines, self.order = reports, interval, up_lines, order
 
 
 class FleetMetrics:
     """The /metrics exposition: every machine's latest values from the database, and the monitor's counters.
 
     At 10,000 machines that is ~150,000 samples, seconds of prometheus_client rendering. So each
-    machine's samples are rendered by prometheus_client once per new report (refresh(), run every
-    REFRESH_S by a background thread in the HTTP process, and once more at the start of a scrape to
-    catch up), and a scrape joins the rendered lines under each family's header: it costs what the
-    machines that reported since the last refresh cost, not what the fleet costs.
+    machine's samples are rendered by prometheus_client after its new reports (refresh(): a
+    background thread of the HTTP process, start_refresher, within RENDER_CPU_SHARE of a core, the
+    longest-waiting machines first), and a scrape joins the rendered lines under each family's
+    header. mdp_machine_up is decided at the scrape, from the machines table as it is then.
+    Without the background thread (tests, one-off use) a scrape renders everything new first.
     """
 
     def __init__(self, db: str, monitor: Callable[[], dict | None] = lambda: None):
         self.reader = FleetReader(db)
-        self.lock = threading.Lock()         # one reader of the one connection at a time (shared with web.py)
-        self.render_lock = threading.Lock()  # one refresh at a time; the cache changes only under it
-        self.monitor = monitor               # the running monitor's counters (monitor_snapshot), or None
+        self.lock = threading.Lock()          # one reader of the one connection at a time (shared with web.py)
+        self.refresh_lock = threading.Lock()  # one refresh at a time
+        self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
+        self.monitor = monitor                # the running monitor's counters (monitor_snapshot), or None
         self.rendered: dict[str, _Rendered] = {}
         empty = _machine_families([])[0]
         self.names = [family.name for family in empty]
         self.headers = [header for header, _ in _render(empty)]
         # Family name -> machine -> its lines in that family: a scrape joins each family's values in C.
         self.lines: dict[str, dict[str, str]] = {name: {} for name in self.names if name != UP}
+        self._renders = 0   # a counter: which machine waited longest since its rendering
         self._refresher: threading.Thread | None = None
 
-    def refresh(self) -> int:
-        """Render the machines with reports since their last rendering; returns how many."""
-        with self.render_lock:
+    def refresh(self, cpu_share: float | None = None) -> int:
+        """Render the machines with reports since their last rendering; returns how many.
+
+        cpu_share: sleep between batches so the rendering takes at most that share of a core.
+        """
+        with self.refresh_lock:
             with self.lock:
-                counts = {row[0]: row[1] for row in self.reader.conn.execute(
-                    "SELECT ip, reports FROM machines")}
-            for ip in [ip for ip in self.rendered if ip not in counts]:   # gone from the database
-                del self.rendered[ip]
-                for by_machine in self.lines.values():
-                    by_machine.pop(ip, None)
-            changed = [ip for ip, reports in counts.items()
-                       if (ip not in self.rendered or self.rendered[ip].reports != reports)]
+                counts = {row[0]: row[1] for row in self.reader.conn.execute("SELECT ip, reports FROM machines")}
+            gone = [ip for ip in self.rendered if ip not in counts]
+            if gone:
+                with self.render_lock:
+                    for ip in gone:
+                        del self.rendered[ip]
+                        for by_machine in self.lines.values():
+                            by_machine.pop(ip, None)
+            rendered = self.rendered
+            changed = [ip for ip, reports in counts.items() if ip not in rendered or rendered[ip].reports != reports]
+            changed.sort(key=lambda ip: rendered[ip].order if ip in rendered else -1)
             for start in range(0, len(changed), RENDER_BATCH):
+                began = time.thread_time()
                 with self.lock:
                     machines = self.reader.machines(ordered=False, ips=changed[start:start + RENDER_BATCH])
                 self._render_machines(machines)
+                if cpu_share:
+                    time.sleep((time.thread_time() - began) * (1 / cpu_share - 1))
             return len(changed)
 
     def _render_machines(self, machines: list[dict]):
         machines = [m for m in machines if m["last_seen"] is not None]
         families, owners = _machine_families(machines)
+        new_lines = []
         for family, (_, rendered), owner in zip(families, _render(families), owners):
-            if family.name == UP:
-                continue
             found: dict[str, list[str]] = {}
             for ip, line in zip(owner, rendered):
                 found.setdefault(ip, []).append(line)
-            by_machine = self.lines[family.name]
-            for m in machines:   # a value the new report lacks disappears with it
-                lines = found.get(m["ip"])
-                if lines is None:
-                    by_machine.pop(m["ip"], None)
-                else:
-                    by_machine[m["ip"]] = "".join(lines)
-        up = _render([_up_family(machines)])[0][1]
-        for index, m in enumerate(machines):
-            self.rendered[m["ip"]] = _Rendered(m["reports"], m["last_seen"], m["interval"],
-                                               (up[2 * index], up[2 * index + 1]))
+            new_lines.append((family.name, {ip: "".join(lines) for ip, lines in found.items()}))
+        known = [m for m in machines if m["ip"] in self.rendered]
+        new = [m for m in machines if m["ip"] not in self.rendered]
+        up = _render([_up_family(new)])[0][1]   # the label set never changes: rendered once per machine
+        with self.render_lock:
+            for name, found in new_lines:
+                if name == UP:
+                    continue
+                by_machine = self.lines[name]
+                for m in machines:   # a value the new report lacks disappears with it
+                    lines = found.get(m["ip"])
+                    if lines is None:
+                        by_machine.pop(m["ip"], None)
+                    else:
+                        by_machine[m["ip"]] = lines
+            for m in known:
+                entry = self.rendered[m["ip"]]
+                entry.reports, entry.interval, entry.order = m["reports"], m["interval"], self._renders
+                self._renders += 1
+            for index, m in enumerate(new):
+                self.rendered[m["ip"]] = _Rendered(m["reports"], m["interval"], (up[2 * index], up[2 * index + 1]),
+                                                   self._renders)
+                self._renders += 1
 
     def exposition(self) -> bytes:
         """The whole /metrics body (the classic text format)."""
-        self.refresh()
+        if self._refresher is None:
+            self.refresh()
+        now = time.time()
+        with self.lock:
+            last_seen = self.reader.conn.execute("SELECT ip, last_seen FROM machines").fetchall()
+            db_bytes = self.reader.database_bytes()
         with self.render_lock:
-            now = time.time()
-            machines = list(self.rendered.values())
+            rendered = self.rendered
             parts = []
             for name, header in zip(self.names, self.headers):
                 parts.append(header)
                 if name == UP:
-                    parts.extend(m.up_lines[is_up(m.last_seen, m.interval, now)] for m in machines)
+                    parts.extend(rendered[ip].up_lines[is_up(seen, rendered[ip].interval, now)]
+                                 for ip, seen in last_seen if ip in rendered)
                 else:
                     parts.append("".join(self.lines[name].values()))
-        with self.lock:
-            db_bytes = self.reader.database_bytes()
-        own = generate_latest(_Families(list(self._monitor_families(len(machines), db_bytes))))
+        own = generate_latest(_Families(list(self._monitor_families(len(last_seen), db_bytes))))
         return "".join(parts).encode() + own
 
     def start_refresher(self, every: float | None = None) -> threading.Thread:
-        """Keep the rendered lines current in the background (a daemon thread), so a scrape only catches up."""
+        """Keep the rendered lines current from a daemon thread, so a scrape only joins them."""
         every = REFRESH_S if every is None else every
 
         def run():
             while True:
                 started = time.monotonic()
                 try:
-                    self.refresh()
-                except Exception:   # a bad moment of the database must not end the refreshing for good
+                    self.refresh(RENDER_CPU_SHARE)
+                except Exception:   # a bad moment of the database must not end the rendering for good
                     log.exception("rendering the machines' metrics failed; retrying")
                 time.sleep(max(0.0, every - (time.monotonic() - started)))
 
