@@ -260,11 +260,13 @@ def _pages_in_use(conn: sqlite3.Connection) -> int:
     return pages * page_size
 
 
-def run(machines: int = 10000, every: float = 10.0, duration: float = 60.0, scrapes: int = 5, out=sys.stdout) -> dict:
+def run(machines: int = 10000, every: float = 10.0, duration: float = 60.0, scrapes: int = 5, out=sys.stdout,
+        with_growth: bool = True) -> dict:
     C.raise_nofile(machines + 256)
     results = {"loadavg_1m": round(C.loadavg(), 2)}
     with tempfile.TemporaryDirectory(prefix="mdp-bench-scale-") as tmp:
-        results["growth"] = growth(Path(tmp), out=out)
+        if with_growth:
+            results["growth"] = growth(Path(tmp), out=out)
         results.update(ingest_and_scrape(Path(tmp), machines, every, duration, scrapes, out))
     return results
 
@@ -276,9 +278,10 @@ def main(argv=None):
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds (after one EVERY of warm-up): "
                    "the first half without scrapes, the second with one every 15 s")
     p.add_argument("--scrapes", type=int, default=5, help="at most this many scrapes in the second half")
+    p.add_argument("--no-growth", action="store_true", help="skip the database growth measurement")
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     args = p.parse_args(argv)
-    result = run(args.machines, args.every, args.duration, args.scrapes)
+    result = run(args.machines, args.every, args.duration, args.scrapes, with_growth=not args.no_growth)
     if args.json:
         print(json.dumps(result, indent=1))
 
