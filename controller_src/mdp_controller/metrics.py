@@ -264,8 +264,10 @@ class FleetMetrics:
             for name, header in zip(self.names, self.headers):
                 parts.append(header)
                 if name == UP:
-                    parts.extend(rendered[ip].up_lines[is_up(seen, rendered[ip].interval, now)]
-                                 for ip, seen in last_seen if ip in rendered)
+                    for ip, seen in last_seen:
+                        machine = rendered.get(ip)
+                        if machine is not None:
+                            parts.append(machine.up_lines[is_up(seen, machine.interval, now)])
                 else:
                     parts.append("".join(self.lines[name].values()))
         own = generate_latest(_Families(list(self._monitor_families(len(last_seen), db_bytes))))
