@@ -194,7 +194,8 @@ class FleetMetrics:
     def refresh(self, cpu_share: float | None = None) -> int:
         """Render the machines with reports since their last rendering; returns how many.
 
-        cpu_share: sleep between batches so the rendering takes at most that share of a core.
+        cpu_share: sleep between batches so the rendering takes at most that share of a core (but not
+        after machines rendered for the first time: until then they are missing from /metrics).
         """
         with self.refresh_lock:
             with self.lock:
@@ -211,10 +212,12 @@ class FleetMetrics:
             changed.sort(key=lambda ip: rendered[ip].order if ip in rendered else -1)
             for start in range(0, len(changed), RENDER_BATCH):
                 began = time.thread_time()
+                batch = changed[start:start + RENDER_BATCH]
+                first_time = batch[-1] not in rendered   # machines not on /metrics yet: no pause
                 with self.lock:
-                    machines = self.reader.machines(ordered=False, ips=changed[start:start + RENDER_BATCH])
+                    machines = self.reader.machines(ordered=False, ips=batch)
                 self._render_machines(machines)
-                if cpu_share:
+                if cpu_share and not first_time:
                     time.sleep((time.thread_time() - began) * (1 / cpu_share - 1))
             return len(changed)
 
