@@ -177,8 +177,11 @@ class FleetMetrics:
     """
 
     def __init__(self, db: str, monitor: Callable[[], dict | None] = lambda: None):
-        self.reader = FleetReader(db)
-        self.lock = threading.Lock()          # one reader of the one connection at a time (shared with web.py)
+        self.reader = FleetReader(db)         # web.py's API reads through this one, under self.lock
+        self.lock = threading.Lock()
+        # Its own connection, so a long API read (all machines' latest values) never holds up a scrape.
+        self.rows = FleetReader(db)
+        self.rows_lock = threading.Lock()
         self.refresh_lock = threading.Lock()  # one refresh at a time
         self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
         self.monitor = monitor                # the running monitor's counters (monitor_snapshot), or None
@@ -198,8 +201,8 @@ class FleetMetrics:
         after machines rendered for the first time: until then they are missing from /metrics).
         """
         with self.refresh_lock:
-            with self.lock:
-                counts = {row[0]: row[1] for row in self.reader.conn.execute("SELECT ip, reports FROM machines")}
+            with self.rows_lock:
+                counts = {row[0]: row[1] for row in self.rows.conn.execute("SELECT ip, reports FROM machines")}
             gone = [ip for ip in self.rendered if ip not in counts]
             if gone:
                 with self.render_lock:
@@ -214,8 +217,8 @@ class FleetMetrics:
                 began = time.thread_time()
                 batch = changed[start:start + RENDER_BATCH]
                 first_time = batch[-1] not in rendered   # machines not on /metrics yet: no pause
-                with self.lock:
-                    machines = self.reader.machines(ordered=False, ips=batch)
+                with self.rows_lock:
+                    machines = self.rows.machines(ordered=False, ips=batch)
                 self._render_machines(machines)
                 if cpu_share and not first_time:
                     time.sleep((time.thread_time() - began) * (1 / cpu_share - 1))
@@ -258,9 +261,9 @@ class FleetMetrics:
         if self._refresher is None:
             self.refresh()
         now = time.time()
-        with self.lock:
-            last_seen = self.reader.conn.execute("SELECT ip, last_seen FROM machines").fetchall()
-            db_bytes = self.reader.database_bytes()
+        with self.rows_lock:
+            last_seen = self.rows.conn.execute("SELECT ip, last_seen FROM machines").fetchall()
+            db_bytes = self.rows.database_bytes()
         with self.render_lock:
             rendered = self.rendered
             parts = []

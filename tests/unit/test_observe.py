@@ -110,12 +110,13 @@ def test_metrics_are_built_from_the_database_at_scrape_time(tmp_path):
 def test_metrics_render_each_machine_once_per_new_report_and_match_a_full_rendering(tmp_path):
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
-    store.add("10.0.0.5", report(load1=1.0))
+    now = time.time()
+    store.add("10.0.0.5", report(load1=1.0), received_at=now - 20)
     store.add("10.0.0.6", report())
     store.flush()
     metrics = FleetMetrics(str(db))
     assert metrics.refresh() == 2 and metrics.refresh() == 0   # nothing new: nothing rendered again
-    store.add("10.0.0.5", report(load1=2.0, mountpoint="/srv"))
+    store.add("10.0.0.5", report(load1=2.0, mountpoint="/srv"), received_at=now - 10)
     store.flush()
     assert metrics.refresh() == 1
     text = metrics.exposition().decode()
