@@ -49,8 +49,8 @@ def _result(latest: dict, operation: str):
 
 UP = "mdp_machine_up"
 UP_HELP = "1 while reports arrive within three of the machine's report intervals, else 0."
-# Machines rendered per prometheus_client call (and per read of their rows): bounds how long the
-# page's API waits for the read connection.
+# Machines rendered per prometheus_client call (and per read of their rows): bounds how long a
+# scrape waits for the rendering's read connection.
 RENDER_BATCH = 250
 REFRESH_S = 1.0
 # The share of a core the background rendering may take (it sleeps in between): with more reports
