@@ -129,8 +129,9 @@ def test_accept_new_trusts_at_once_but_never_replaces_a_known_key(spawn_agent, s
     wait_for(refused.exists, f"{refused} to appear")
     assert refused.read_text() == impostor.key_text
     assert (monitor_keys / f"{impostor.ip}.txt").read_text() == old_key   # never replaced
-    kinds = [kind for kind, _ in monitor.events(impostor.ip)]
-    assert kinds and set(kinds) == {"key_mismatch"}
+    # The event is written on the writer thread, after the file: it may land a moment later.
+    kinds = wait_for(lambda: [kind for kind, _ in monitor.events(impostor.ip)], "the key_mismatch event")
+    assert set(kinds) == {"key_mismatch"}
     assert "offered a DIFFERENT key" in monitor.events(impostor.ip)[0][1]
     reports = impostor.stats()["reports"]
     wait_for(lambda: impostor.stats()["reports"] >= reports + 2, "two more reports from the impostor")
