@@ -122,7 +122,8 @@ def test_accept_new_trusts_at_once_but_never_replaces_a_known_key(spawn_agent, s
     wait_for(trusted.exists, f"{trusted} to appear")
     assert trusted.read_text() == newcomer.key_text and mode(trusted) == 0o600
     fingerprint = protocol.key_fingerprint(protocol.parse_key_text(newcomer.key_text))
-    assert ("enrolled", f"key {fingerprint} accepted on first use (--accept-new)") in monitor.events(newcomer.ip)
+    enrolled = ("enrolled", f"key {fingerprint} accepted on first use (--accept-new)")
+    wait_for(lambda: enrolled in monitor.events(newcomer.ip), "the enrolled event (written after the key file)")
     wait_for(lambda: monitor.report_count(newcomer.ip) >= 1, "reports from the newcomer")
 
     refused = monitor_keys / "rejected" / f"{impostor.ip}.txt"
