@@ -125,6 +125,13 @@ def tree_pids(root: int) -> list[int]:
     return found
 
 
+def controller_env() -> dict:
+    """For `python -m mdp_controller...`: this checkout's code, whichever checkout the venv was installed from."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "controller_src"), str(AGENT_SRC)])
+    return env
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process in KiB, from /proc/PID/status (VmRSS)."""
     with open(f"/proc/{pid}/status") as handle:

@@ -44,12 +44,12 @@ TARGET_PER_S = 20000
 DEFAULT_REPORT_OPERATIONS = ("system.uptime", "load.avg", "memory.info", "filesystem.usage")
 
 
-def sample_report() -> dict:
-    """A report as an agent with default settings sends it, with this machine's real values."""
+def sample_report(operations=DEFAULT_REPORT_OPERATIONS) -> dict:
+    """A report as an agent sends it (by default: with default settings), with this machine's real values."""
     from mdp_agent.registry import OperationError, load_default_registry
     registry = load_default_registry()
     results = []
-    for name in DEFAULT_REPORT_OPERATIONS:
+    for name in operations:
         try:
             results.append({"name": name, "result": registry.lookup(name).call({})})
         except OperationError as exc:

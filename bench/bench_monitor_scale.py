@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_ingest import DEFAULT_REPORT_OPERATIONS  # noqa: E402
+from bench_ingest import DEFAULT_REPORT_OPERATIONS, sample_report  # noqa: E402
 
 from mdp_agent import protocol  # noqa: E402
 
@@ -50,21 +50,6 @@ TARGET_SCRAPE_S = 1.0
 SCRAPE_GAP_S = 15.0        # a common Prometheus scrape_interval (its default is 1 m)
 
 
-def make_report(operations) -> dict:
-    """A report as an agent sends it, with this machine's real values."""
-    from mdp_agent.registry import OperationError, load_default_registry
-    registry = load_default_registry()
-    results = []
-    for name in operations:
-        try:
-            results.append({"name": name, "result": registry.lookup(name).call({})})
-        except OperationError as exc:
-            results.append({"name": name, "error": exc.to_dict()})
-    report = protocol.make_reply(results)
-    report["reported_at"] = time.time()
-    return report
-
-
 def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, scrapes: int, out) -> dict:
     monitor_ip = C.address(MONITOR_BLOCK, 0)
     if C.udp_port_bound(monitor_ip, C.AGENT_PORT):
@@ -75,12 +60,12 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
         text = C.new_key_text()
         C.write_key(tmp / "known_machines", ip, text)
         keys.append(protocol.KeyPair.from_text(text).to_controller)
-    body = protocol.dump_json(make_report(DEFAULT_REPORT_OPERATIONS))
+    body = protocol.dump_json(sample_report(DEFAULT_REPORT_OPERATIONS))
     db = tmp / "monitor.db"
     monitor = subprocess.Popen(
         [sys.executable, "-m", "mdp_controller.cli", "monitor", "--listen", f"{monitor_ip}:{C.AGENT_PORT}",
          "--db", str(db), "--known-machines", str(tmp / "known_machines"), "--http", f"{monitor_ip}:{HTTP_PORT}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp / "monitor.log", "w"))
+        env=C.controller_env(), stdout=subprocess.DEVNULL, stderr=open(tmp / "monitor.log", "w"))
     socks = []
     try:
         C.wait_for(lambda: C.udp_port_bound(monitor_ip, C.AGENT_PORT) or monitor.poll() is not None, 20,
@@ -243,7 +228,7 @@ def growth(tmp: Path, reports: int = 20000, machines: int = 100, out=sys.stdout)
     result = {}
     for label, operations in (("default", DEFAULT_REPORT_OPERATIONS), ("full", FULL_REPORT_OPERATIONS)):
         db = tmp / f"growth-{label}.db"
-        report = make_report(operations)
+        report = sample_report(operations)
         text = protocol.dump_json(report)
         store = ReportStore(db)
         for i in range(machines):   # every machine's row in machines and latest exists before measuring
@@ -275,11 +260,13 @@ def _pages_in_use(conn: sqlite3.Connection) -> int:
     return pages * page_size
 
 
-def run(machines: int = 10000, every: float = 10.0, duration: float = 60.0, scrapes: int = 5, out=sys.stdout) -> dict:
+def run(machines: int = 10000, every: float = 10.0, duration: float = 60.0, scrapes: int = 5, out=sys.stdout,
+        with_growth: bool = True) -> dict:
     C.raise_nofile(machines + 256)
     results = {"loadavg_1m": round(C.loadavg(), 2)}
     with tempfile.TemporaryDirectory(prefix="mdp-bench-scale-") as tmp:
-        results["growth"] = growth(Path(tmp), out=out)
+        if with_growth:
+            results["growth"] = growth(Path(tmp), out=out)
         results.update(ingest_and_scrape(Path(tmp), machines, every, duration, scrapes, out))
     return results
 
@@ -291,9 +278,10 @@ def main(argv=None):
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds (after one EVERY of warm-up): "
                    "the first half without scrapes, the second with one every 15 s")
     p.add_argument("--scrapes", type=int, default=5, help="at most this many scrapes in the second half")
+    p.add_argument("--no-growth", action="store_true", help="skip the database growth measurement")
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     args = p.parse_args(argv)
-    result = run(args.machines, args.every, args.duration, args.scrapes)
+    result = run(args.machines, args.every, args.duration, args.scrapes, with_growth=not args.no_growth)
     if args.json:
         print(json.dumps(result, indent=1))
 

@@ -21,15 +21,23 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+fresh=0
+bash tests/fleet/fleet.sh status >/dev/null 2>&1 || fresh=1   # not running: its hosts are booted anew
+
 echo "== 1/4 booting the test fleet (the first run debootstraps three suites: about 2 minutes)"
 bash tests/fleet/fleet.sh up 3
+
+IPS=$(ansible-inventory -i "$INVENTORY" --list | python3 -c \
+  'import json,sys; d=json.load(sys.stdin); print(",".join(d["_meta"]["hostvars"][h]["ansible_host"] for h in d["mdp_agents"]["hosts"]))')
+# Hosts booted anew generate new agent keys; the keys an earlier demo's hosts left in
+# .known_machines/ would make deploy.yml refuse them (as it must for a real machine whose key changed).
+if [ "$fresh" = 1 ]; then
+  for ip in ${IPS//,/ }; do rm -f ".known_machines/$ip.txt"; done
+fi
 
 echo; echo "== 2/4 ansible-playbook deploy.yml: bare hosts -> python3 -> agent -> key in .known_machines/"
 ansible-playbook -i "$INVENTORY" deploy.yml -e mdp_agent_interval=5 -e mdp_monitor_http="$HTTP"
 ls -l .known_machines/
-
-IPS=$(ansible-inventory -i "$INVENTORY" --list | python3 -c \
-  'import json,sys; d=json.load(sys.stdin); print(",".join(d["_meta"]["hostvars"][h]["ansible_host"] for h in d["mdp_agents"]["hosts"]))')
 
 echo; echo "== 3/4 mdp send $IPS (signed UDP, no SSH)"
 mdp send "$IPS" ping system.info load.avg memory.info

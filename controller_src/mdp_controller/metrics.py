@@ -1,22 +1,24 @@
 """/metrics: the fleet's latest reports and the monitor's own counters in the Prometheus exposition format.
 
-A prometheus_client custom collector: collect() reads the newest rows from SQLite at scrape time and
-yields metric families, so nothing per machine lives in memory between scrapes and a machine the
-database forgets disappears from /metrics with it. Values are in base units (bytes, seconds, ratios).
-docs/monitor.md lists every metric.
+Metric families built from the newest rows in SQLite and rendered by prometheus_client, one batch of
+machines at a time as their reports arrive (FleetMetrics); a machine the database forgets disappears
+from /metrics with it. Values are in base units (bytes, seconds, ratios). docs/monitor.md lists
+every metric.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector as PrometheusCollector
 
-from .storage import FleetReader
+from .storage import FleetReader, is_up
+
+log = logging.getLogger("mdp.http")
 
 # Per machine: (metric name, help, operation, result field, scale). A field missing or not a number
 # in a machine's latest result is left out for that machine (an old agent, a failing operation).
@@ -45,77 +47,254 @@ def _result(latest: dict, operation: str):
     return latest.get(operation, {}).get("result")
 
 
-class FleetMetrics(PrometheusCollector):
-    """Builds every family at scrape time from the database (and the running collector's counters, if any)."""
+UP = "mdp_machine_up"
+UP_HELP = "1 while reports arrive within three of the machine's report intervals, else 0."
+# Machines rendered per prometheus_client call (and per read of their rows): bounds how long a
+# scrape waits for the rendering's read connection.
+RENDER_BATCH = 250
+REFRESH_S = 1.0
+# The share of a core the background rendering may take (it sleeps in between): with more reports
+# than that renders, each machine's values are re-rendered less often (older at a scrape), but a
+# scrape stays a join of what is rendered, and mdp_machine_up is still decided at the scrape.
+RENDER_CPU_SHARE = 0.25
+
+
+def _up_family(machines: list[dict]) -> Metric:
+    """mdp_machine_up, both values for each machine (down, then up): a scrape picks one by its time."""
+    up = GaugeMetricFamily(UP, UP_HELP, labels=["machine"])
+    for m in machines:
+        up.add_metric([m["ip"]], 0.0)
+        up.add_metric([m["ip"]], 1.0)
+    return up
+
+
+def _machine_families(machines: list[dict]) -> tuple[list[Metric], list[list[str]]]:
+    """The per-machine families of these machines (mdp_machine_up empty: see _up_family), and for each
+    family the machine of each of its samples, in order."""
+    up = GaugeMetricFamily(UP, UP_HELP, labels=["machine"])
+    last = GaugeMetricFamily("mdp_machine_last_report_timestamp_seconds",
+                             "When the newest report was received, seconds since the Unix epoch.", labels=["machine"])
+    interval = GaugeMetricFamily("mdp_machine_report_interval_seconds",
+                                 "The machine's report interval, estimated from its newest reports.", labels=["machine"])
+    ok = GaugeMetricFamily("mdp_machine_report_ok", "1 if every operation in the newest report succeeded.",
+                           labels=["machine"])
+    reports = CounterMetricFamily("mdp_machine_reports", "Reports stored from the machine.", labels=["machine"])
+    info = GaugeMetricFamily("mdp_machine_info", "Always 1: the machine's identity from system.info, when "
+                             "reported.", labels=["machine", "hostname", "agent_version", "os", "kernel"])
+    scalars = {name: GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES}
+    fs_labels = ["machine", "mountpoint", "device", "fstype"]
+    fs_size = GaugeMetricFamily("mdp_filesystem_size_bytes", "Filesystem size.", labels=fs_labels)
+    fs_avail = GaugeMetricFamily("mdp_filesystem_available_bytes",
+                                 "Filesystem space available to unprivileged users.", labels=fs_labels)
+    net_rx = CounterMetricFamily("mdp_network_receive_bytes", "Bytes received by the interface since boot.",
+                                 labels=["machine", "interface"])
+    net_tx = CounterMetricFamily("mdp_network_transmit_bytes", "Bytes sent by the interface since boot.",
+                                 labels=["machine", "interface"])
+    families = [up, last, interval, ok, reports, info, *scalars.values(), fs_size, fs_avail, net_rx, net_tx]
+    owners: dict[str, list[str]] = {family.name: [] for family in families}
+
+    def add(family: Metric, labels: list[str], value: float):
+        family.add_metric(labels, value)
+        owners[family.name].append(labels[0])
+
+    for m in machines:
+        ip = m["ip"]
+        add(last, [ip], m["last_seen"])
+        add(interval, [ip], m["interval"])
+        add(ok, [ip], 1.0 if m["status"] else 0.0)
+        add(reports, [ip], float(m["reports"]))
+        latest = m["latest"]
+        for name, _, operation, field, scale in SCALAR_GAUGES:
+            result = _result(latest, operation)
+            value = _number(result.get(field)) if isinstance(result, dict) else None
+            if value is not None:
+                add(scalars[name], [ip], value * scale)
+        system = _result(latest, "system.info")
+        if isinstance(system, dict):
+            os_info = system.get("os") if isinstance(system.get("os"), dict) else {}
+            kernel = system.get("kernel") if isinstance(system.get("kernel"), dict) else {}
+            add(info, [ip, str(system.get("hostname", "")), str(system.get("agent_version", "")),
+                       str(os_info.get("pretty_name", "")), str(kernel.get("release", ""))], 1.0)
+        for fs in _items(_result(latest, "filesystem.usage")):
+            labels = [ip, str(fs.get("mountpoint", "")), str(fs.get("device", "")), str(fs.get("fstype", ""))]
+            for family, field in ((fs_size, "total"), (fs_avail, "available")):
+                value = _number(fs.get(field))
+                if value is not None:
+                    add(family, labels, value)
+        for nic in _items(_result(latest, "network.stats")):
+            for family, field in ((net_rx, "rx_bytes"), (net_tx, "tx_bytes")):
+                value = _number(nic.get(field))
+                if value is not None:
+                    add(family, [ip, str(nic.get("name", ""))], value)
+    return families, [owners[family.name] for family in families]
+
+
+class _Families:
+    """A one-off prometheus_client collector: generate_latest() of it renders exactly these families."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def _render(families: list[Metric]) -> list[tuple[str, list[str]]]:
+    """Each family's header and sample lines as prometheus_client renders them, in the order added.
+
+    generate_latest writes "# HELP", "# TYPE" and then one line per sample (label values have their
+    newlines escaped), so the lines can be handed back sample by sample.
+    """
+    lines = generate_latest(_Families(families)).decode().split("\n")
+    out, at = [], 0
+    for family in families:
+        if not (lines[at].startswith("# HELP ") and lines[at + 1].startswith("# TYPE ")):
+            raise ValueError(f"unexpected exposition of {family.name}: {lines[at]!r}")
+        count = len(family.samples)
+        out.append((lines[at] + "\n" + lines[at + 1] + "\n", [line + "\n" for line in lines[at + 2:at + 2 + count]]))
+        at += 2 + count
+    return out
+
+
+class _Rendered:
+    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines)."""
+
+    __slots__ = ("reports", "interval", "up_lines", "order")
+
+    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int):
+        self.reports, self.interval, self.up_lines, self.order = reports, interval, up_lines, order
+
+
+class FleetMetrics:
+    """The /metrics exposition: every machine's latest values from the database, and the monitor's counters.
+
+    At 10,000 machines that is ~150,000 samples, seconds of prometheus_client rendering. So each
+    machine's samples are rendered by prometheus_client after its new reports (refresh(): a
+    background thread of the HTTP process, start_refresher, within RENDER_CPU_SHARE of a core, the
+    longest-waiting machines first), and a scrape joins the rendered lines under each family's
+    header. mdp_machine_up is decided at the scrape, from the machines table as it is then.
+    Without the background thread (tests, one-off use) a scrape renders everything new first.
+    """
 
     def __init__(self, db: str, monitor: Callable[[], dict | None] = lambda: None):
-        self.reader = FleetReader(db)
-        self.lock = threading.Lock()   # one scrape at a time reads through the one connection
-        self.monitor = monitor          # the running monitor's counters (monitor_snapshot), or None
+        self.reader = FleetReader(db)         # web.py's API reads through this one, under self.lock
+        self.lock = threading.Lock()
+        # Its own connection, so a long API read (all machines' latest values) never holds up a scrape.
+        self.rows = FleetReader(db)
+        self.rows_lock = threading.Lock()
+        self.refresh_lock = threading.Lock()  # one refresh at a time
+        self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
+        self.monitor = monitor                # the running monitor's counters (monitor_snapshot), or None
+        self.rendered: dict[str, _Rendered] = {}
+        empty = _machine_families([])[0]
+        self.names = [family.name for family in empty]
+        self.headers = [header for header, _ in _render(empty)]
+        # Family name -> machine -> its lines in that family: a scrape joins each family's values in C.
+        self.lines: dict[str, dict[str, str]] = {name: {} for name in self.names if name != UP}
+        self._renders = 0   # a counter: which machine waited longest since its rendering
+        self._refresher: threading.Thread | None = None
 
-    def collect(self) -> Iterator[Metric]:
-        with self.lock:
-            machines = self.reader.machines(ordered=False)
-            db_bytes = self.reader.database_bytes()
-        yield from self._machine_families(machines, time.time())
-        yield from self._monitor_families(len(machines), db_bytes)
+    def refresh(self, cpu_share: float | None = None) -> int:
+        """Render the machines with reports since their last rendering; returns how many.
 
-    def _machine_families(self, machines: list[dict], now: float) -> Iterator[Metric]:
-        up = GaugeMetricFamily("mdp_machine_up", "1 while reports arrive within three of the machine's report "
-                               "intervals, else 0.", labels=["machine"])
-        last = GaugeMetricFamily("mdp_machine_last_report_timestamp_seconds",
-                                 "When the newest report was received, seconds since the Unix epoch.",
-                                 labels=["machine"])
-        interval = GaugeMetricFamily("mdp_machine_report_interval_seconds",
-                                     "The machine's report interval, estimated from its newest reports.",
-                                     labels=["machine"])
-        ok = GaugeMetricFamily("mdp_machine_report_ok", "1 if every operation in the newest report succeeded.",
-                               labels=["machine"])
-        reports = CounterMetricFamily("mdp_machine_reports", "Reports stored from the machine.", labels=["machine"])
-        info = GaugeMetricFamily("mdp_machine_info", "Always 1: the machine's identity from system.info, when "
-                                 "reported.", labels=["machine", "hostname", "agent_version", "os", "kernel"])
-        scalars = {name: GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES}
-        fs_labels = ["machine", "mountpoint", "device", "fstype"]
-        fs_size = GaugeMetricFamily("mdp_filesystem_size_bytes", "Filesystem size.", labels=fs_labels)
-        fs_avail = GaugeMetricFamily("mdp_filesystem_available_bytes",
-                                     "Filesystem space available to unprivileged users.", labels=fs_labels)
-        net_rx = CounterMetricFamily("mdp_network_receive_bytes", "Bytes received by the interface since boot.",
-                                     labels=["machine", "interface"])
-        net_tx = CounterMetricFamily("mdp_network_transmit_bytes", "Bytes sent by the interface since boot.",
-                                     labels=["machine", "interface"])
-        for m in machines:
-            ip = m["ip"]
-            if m["last_seen"] is None:
-                continue
-            up.add_metric([ip], 1.0 if m["up"] else 0.0)
-            last.add_metric([ip], m["last_seen"])
-            interval.add_metric([ip], m["interval"])
-            ok.add_metric([ip], 1.0 if m["status"] else 0.0)
-            reports.add_metric([ip], float(m["reports"]))
-            latest = m["latest"]
-            for name, _, operation, field, scale in SCALAR_GAUGES:
-                result = _result(latest, operation)
-                value = _number(result.get(field)) if isinstance(result, dict) else None
-                if value is not None:
-                    scalars[name].add_metric([ip], value * scale)
-            system = _result(latest, "system.info")
-            if isinstance(system, dict):
-                os_info = system.get("os") if isinstance(system.get("os"), dict) else {}
-                kernel = system.get("kernel") if isinstance(system.get("kernel"), dict) else {}
-                info.add_metric([ip, str(system.get("hostname", "")), str(system.get("agent_version", "")),
-                                 str(os_info.get("pretty_name", "")), str(kernel.get("release", ""))], 1.0)
-            for fs in _items(_result(latest, "filesystem.usage")):
-                labels = [ip, str(fs.get("mountpoint", "")), str(fs.get("device", "")), str(fs.get("fstype", ""))]
-                for family, field in ((fs_size, "total"), (fs_avail, "available")):
-                    value = _number(fs.get(field))
-                    if value is not None:
-                        family.add_metric(labels, value)
-            for nic in _items(_result(latest, "network.stats")):
-                for family, field in ((net_rx, "rx_bytes"), (net_tx, "tx_bytes")):
-                    value = _number(nic.get(field))
-                    if value is not None:
-                        family.add_metric([ip, str(nic.get("name", ""))], value)
-        yield from (up, last, interval, ok, reports, info, *scalars.values(), fs_size, fs_avail, net_rx, net_tx)
+        cpu_share: sleep between batches so the rendering takes at most that share of a core (but not
+        after machines rendered for the first time: until then they are missing from /metrics).
+        """
+        with self.refresh_lock:
+            with self.rows_lock:
+                counts = {row[0]: row[1] for row in self.rows.conn.execute("SELECT ip, reports FROM machines")}
+            gone = [ip for ip in self.rendered if ip not in counts]
+            if gone:
+                with self.render_lock:
+                    for ip in gone:
+                        del self.rendered[ip]
+                        for by_machine in self.lines.values():
+                            by_machine.pop(ip, None)
+            rendered = self.rendered
+            changed = [ip for ip, reports in counts.items() if ip not in rendered or rendered[ip].reports != reports]
+            changed.sort(key=lambda ip: rendered[ip].order if ip in rendered else -1)
+            for start in range(0, len(changed), RENDER_BATCH):
+                began = time.thread_time()
+                batch = changed[start:start + RENDER_BATCH]
+                first_time = batch[-1] not in rendered   # machines not on /metrics yet: no pause
+                with self.rows_lock:
+                    machines = self.rows.machines(ordered=False, ips=batch)
+                self._render_machines(machines)
+                if cpu_share and not first_time:
+                    time.sleep((time.thread_time() - began) * (1 / cpu_share - 1))
+            return len(changed)
+
+    def _render_machines(self, machines: list[dict]):
+        machines = [m for m in machines if m["last_seen"] is not None]
+        families, owners = _machine_families(machines)
+        new_lines = []
+        for family, (_, rendered), owner in zip(families, _render(families), owners):
+            found: dict[str, list[str]] = {}
+            for ip, line in zip(owner, rendered):
+                found.setdefault(ip, []).append(line)
+            new_lines.append((family.name, {ip: "".join(lines) for ip, lines in found.items()}))
+        known = [m for m in machines if m["ip"] in self.rendered]
+        new = [m for m in machines if m["ip"] not in self.rendered]
+        up = _render([_up_family(new)])[0][1]   # the label set never changes: rendered once per machine
+        with self.render_lock:
+            for name, found in new_lines:
+                if name == UP:
+                    continue
+                by_machine = self.lines[name]
+                for m in machines:   # a value the new report lacks disappears with it
+                    lines = found.get(m["ip"])
+                    if lines is None:
+                        by_machine.pop(m["ip"], None)
+                    else:
+                        by_machine[m["ip"]] = lines
+            for m in known:
+                entry = self.rendered[m["ip"]]
+                entry.reports, entry.interval, entry.order = m["reports"], m["interval"], self._renders
+                self._renders += 1
+            for index, m in enumerate(new):
+                self.rendered[m["ip"]] = _Rendered(m["reports"], m["interval"], (up[2 * index], up[2 * index + 1]),
+                                                   self._renders)
+                self._renders += 1
+
+    def exposition(self) -> bytes:
+        """The whole /metrics body (the classic text format)."""
+        if self._refresher is None:
+            self.refresh()
+        now = time.time()
+        with self.rows_lock:
+            last_seen = self.rows.conn.execute("SELECT ip, last_seen FROM machines").fetchall()
+            db_bytes = self.rows.database_bytes()
+        with self.render_lock:
+            rendered = self.rendered
+            parts = []
+            for name, header in zip(self.names, self.headers):
+                parts.append(header)
+                if name == UP:
+                    for ip, seen in last_seen:
+                        machine = rendered.get(ip)
+                        if machine is not None:
+                            parts.append(machine.up_lines[is_up(seen, machine.interval, now)])
+                else:
+                    parts.append("".join(self.lines[name].values()))
+        own = generate_latest(_Families(list(self._monitor_families(len(last_seen), db_bytes))))
+        return "".join(parts).encode() + own
+
+    def start_refresher(self, every: float | None = None) -> threading.Thread:
+        """Keep the rendered lines current from a daemon thread, so a scrape only joins them."""
+        every = REFRESH_S if every is None else every
+
+        def run():
+            while True:
+                started = time.monotonic()
+                try:
+                    self.refresh(RENDER_CPU_SHARE)
+                except Exception:   # a bad moment of the database must not end the rendering for good
+                    log.exception("rendering the machines' metrics failed; retrying")
+                time.sleep(max(0.0, every - (time.monotonic() - started)))
+
+        self._refresher = threading.Thread(target=run, name="mdp-metrics", daemon=True)
+        self._refresher.start()
+        return self._refresher
 
     def _monitor_families(self, machine_count: int, db_bytes: int) -> Iterator[Metric]:
         yield GaugeMetricFamily("mdp_monitor_machines", "Machines in the monitor's database.", value=machine_count)
@@ -155,14 +334,3 @@ def monitor_snapshot(collector, pruner=None) -> dict:
 
 def _items(value) -> list[dict]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def registry_for(metrics: FleetMetrics) -> CollectorRegistry:
-    """A registry holding only MDP's families (no process/platform collectors: the page is about the fleet)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics)
-    return registry
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

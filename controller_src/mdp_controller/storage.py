@@ -269,14 +269,17 @@ class FleetReader:
         return value
 
     def machines(self, known_ips: list[str] | None = None, now: float | None = None,
-                 with_latest: bool = True, ordered: bool = True, ip: str | None = None) -> list[dict]:
+                 with_latest: bool = True, ordered: bool = True, ip: str | None = None,
+                 ips: list[str] | None = None) -> list[dict]:
         """Every machine that reported (or is known): last_seen, reports, status, interval, up, latest values.
 
         ordered=False skips sorting by address (Prometheus does not care; 10,000 ipaddress objects cost);
-        ip reads only that machine (one page of the fleet's, not all of it).
+        ip reads only that machine (one page of the fleet's, not all of it), ips only those (/metrics' batches).
         """
         now = time.time() if now is None else now
         where, params = (" WHERE ip = ?", (ip,)) if ip is not None else ("", ())
+        if ips is not None:
+            where, params = " WHERE ip IN (SELECT value FROM json_each(?))", (json.dumps(ips),)
         rows = {row["ip"]: row for row in self.conn.execute("SELECT * FROM machines" + where, params)}
         latest: dict[str, dict] = {}
         if with_latest:
@@ -288,8 +291,8 @@ class FleetReader:
                     value["error"] = json.loads(row[4])
                 latest.setdefault(row[0], {})[row[1]] = value
         out = []
-        ips = set(rows) | (set(known_ips or []) if ip is None else set())
-        for address in sorted(ips, key=ip_sort_key) if ordered else ips:
+        addresses = set(rows) | (set(known_ips or []) if ip is None and ips is None else set())
+        for address in sorted(addresses, key=ip_sort_key) if ordered else addresses:
             row = rows.get(address)
             if row is None:
                 out.append({"ip": address, "first_seen": None, "last_seen": None, "reports": 0, "status": None,

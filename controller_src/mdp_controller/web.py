@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .metrics import FleetMetrics, exposition, registry_for
+from .metrics import FleetMetrics
 
 log = logging.getLogger("mdp.http")
 
@@ -143,7 +143,6 @@ class FleetHttp:
 
     def __init__(self, db: str, token: str | None, monitor: Callable[[], dict | None]):
         self.metrics = FleetMetrics(db, monitor)
-        self.registry = registry_for(self.metrics)
         self.token = token.encode() if token else None
         self.monitor = monitor
         self.started = time.time()
@@ -220,7 +219,7 @@ class Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         try:
             if path == "/metrics":
-                self._send(HTTPStatus.OK, exposition(self.app.registry), METRICS_CONTENT_TYPE, head)
+                self._send(HTTPStatus.OK, self.app.metrics.exposition(), METRICS_CONTENT_TYPE, head)
             elif path in ("/", "/index.html"):
                 self._static("index.html", head)
             elif path.startswith("/static/") and path[len("/static/"):] in STATIC_FILES:
@@ -287,6 +286,7 @@ def start(listen: tuple[str, int], db: str, token: str | None,
     check_exposure(listen, token)
     host, port = listen
     app = FleetHttp(db, token, monitor)
+    app.metrics.start_refresher()   # renders machines as they report, so a scrape only catches up
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = (_Server6 if ":" in host else _Server)((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, name="mdp-http", daemon=True)

@@ -132,7 +132,8 @@ def test_accept_new_trusts_at_once_but_never_replaces_a_known_key(spawn_agent, s
     fingerprint, _ = newcomer.enrolment()
     trusted = monitor_keys / f"{newcomer.ip}.txt"
     assert trusted.read_text() == newcomer.key_text and mode(trusted) == 0o600
-    assert ("enrolled", f"enrolment {fingerprint} accepted on first use (--accept-new)") in monitor.events(newcomer.ip)
+    enrolled = ("enrolled", f"enrolment {fingerprint} accepted on first use (--accept-new)")
+    wait_for(lambda: enrolled in monitor.events(newcomer.ip), "the enrolled event (written after the key file)")
     wait_for(lambda: monitor.report_count(newcomer.ip) >= 1, "reports from the newcomer")
 
     # A HELLO from an address with a trusted key gets no answer: no key is agreed, none replaced.

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+from integration.harness import wait_for
 
 from mdp_controller import web
 from mdp_controller.cli import _duration, human_duration
-from mdp_controller.metrics import FleetMetrics, exposition, registry_for
+from mdp_controller.metrics import FleetMetrics
 from mdp_controller.retention import Pruner
 from mdp_controller.storage import (
     DEFAULT_INTERVAL_S,
@@ -92,7 +94,7 @@ def test_metrics_are_built_from_the_database_at_scrape_time(tmp_path):
     store.add("10.0.0.6", report(), received_at=1.0)   # reported once, long ago: down
     store.flush()
     metrics = FleetMetrics(str(db))
-    text = exposition(registry_for(metrics)).decode()
+    text = metrics.exposition().decode()
     assert 'mdp_machine_up{machine="10.0.0.5"} 1.0' in text and 'mdp_machine_up{machine="10.0.0.6"} 0.0' in text
     assert "# TYPE mdp_machine_reports_total counter" in text
     assert 'mdp_memory_available_bytes{machine="10.0.0.5"} 250.0' in text
@@ -102,7 +104,49 @@ def test_metrics_are_built_from_the_database_at_scrape_time(tmp_path):
     assert "mdp_monitor_datagrams_received_total" not in text   # no running collector in this process
     store.add("10.0.0.7", report())
     store.flush()
-    assert 'mdp_machine_up{machine="10.0.0.7"} 1.0' in exposition(registry_for(metrics)).decode()
+    assert 'mdp_machine_up{machine="10.0.0.7"} 1.0' in metrics.exposition().decode()
+
+
+def test_metrics_render_each_machine_once_per_new_report_and_match_a_full_rendering(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    now = time.time()
+    store.add("10.0.0.5", report(load1=1.0), received_at=now - 20)
+    store.add("10.0.0.6", report())
+    store.flush()
+    metrics = FleetMetrics(str(db))
+    assert metrics.refresh() == 2 and metrics.refresh() == 0   # nothing new: nothing rendered again
+    store.add("10.0.0.5", report(load1=2.0, mountpoint="/srv"), received_at=now - 10)
+    store.flush()
+    assert metrics.refresh() == 1
+    text = metrics.exposition().decode()
+    assert 'mdp_load1{machine="10.0.0.5"} 2.0' in text and 'mdp_load1{machine="10.0.0.5"} 1.0' not in text
+    # The filesystem the new report no longer has is gone with it; the other machine's stays.
+    assert 'fstype="ext4",machine="10.0.0.5",mountpoint="/srv"' in text
+    assert 'fstype="ext4",machine="10.0.0.5",mountpoint="/"}' not in text
+    assert 'fstype="ext4",machine="10.0.0.6",mountpoint="/"}' in text
+    assert text.count("# TYPE mdp_load1 gauge") == 1 and text.count("# TYPE mdp_machine_up gauge") == 1
+    # Rendered piecemeal over time, the exposition is the one a fresh rendering of everything gives
+    # (but for the interval: a reader re-estimates it every INTERVAL_SAMPLE reports, a new one at once).
+    def lines(text):
+        return sorted(line for line in text.splitlines() if not line.startswith("mdp_machine_report_interval"))
+    assert lines(text) == lines(FleetMetrics(str(db)).exposition().decode())
+
+
+def test_with_the_background_renderer_a_scrape_decides_up_from_the_database_as_it_is(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    store.add("10.0.0.5", report(), received_at=time.time() - 3600)   # long ago: down
+    store.flush()
+    metrics = FleetMetrics(str(db))
+    metrics.start_refresher(every=3600)   # renders once now, then not again during this test
+    wait_for(lambda: "10.0.0.5" in metrics.rendered, "the first rendering", timeout=10)
+    assert 'mdp_machine_up{machine="10.0.0.5"} 0.0' in metrics.exposition().decode()
+    store.add("10.0.0.5", report())
+    store.flush()
+    text = metrics.exposition().decode()   # no rendering at the scrape: the reports count is the old one
+    assert 'mdp_machine_up{machine="10.0.0.5"} 1.0' in text
+    assert 'mdp_machine_reports_total{machine="10.0.0.5"} 1.0' in text
 
 
 def test_token_rules():
