@@ -102,7 +102,8 @@ class Agent(object):
     def __init__(self, loop, settings, keys, registry, pool, cluster=None, state_dir=None):
         self.loop = loop
         self.settings = settings
-        self.keys = keys
+        self.keys = keys                # the key in use: what this agent seals its own reports with
+        self.other_keys = ()            # the rest of the keyring during a rotation (keyfile.Keyring)
         self.registry = registry
         self.pool = pool
         self.cluster = cluster
@@ -146,7 +147,8 @@ class Agent(object):
         self.endpoint = protocol.Endpoint(
             protocol.TO_AGENT, lambda ip, msg_id: self.keys, dedup={protocol.REQUEST: False}, answer_errors=True,
             max_datagram=self.settings["max_datagram"], replay_window_s=self.settings["replay_window"],
-            reassembly_bytes=protocol.AGENT_REASSEMBLY_BYTES_TOTAL, not_before_ms=now_ms())
+            reassembly_bytes=protocol.AGENT_REASSEMBLY_BYTES_TOTAL, not_before_ms=now_ms(),
+            alternate_keys=lambda ip: self.other_keys)
         self.loop.add_reader(sock, self._on_readable)
         self.spool.load(time.time(), time.monotonic())
         self._load_subscriptions()
@@ -211,12 +213,13 @@ class Agent(object):
             operations, cluster_info = protocol.parse_request(message.obj)
         except protocol.ProtocolError as exc:
             self._count_drop(exc.code, message.addr)
-            self.endpoint.refuse(message.addr, message.msg_id, exc, self.keys, now_ms(), time.monotonic())
+            self.endpoint.refuse(message.addr, message.msg_id, exc, message.keys, now_ms(), time.monotonic())
             self._flush()
             return
         self.stats["requests"] += 1
-        self.run_operations(message.addr, message.msg_id, operations, cluster_info, self._reply_done,
-                            protocol.REPLY)
+        # The reply is sealed with the key the request used (during a rotation either one of the ring).
+        self.run_operations(message.addr, message.msg_id, operations, cluster_info,
+                            lambda job: self._reply_done(job, message.keys), protocol.REPLY)
 
     def _handle_ack(self, message):
         if message.addr != self.monitor_addr:
@@ -313,17 +316,17 @@ class Agent(object):
         if job.waiting == 0:
             job.on_done(job)
 
-    def _reply_done(self, job):
+    def _reply_done(self, job, keys=None):
         reply = protocol.make_reply(job.results, job.cluster_info)
         if "error" in job.cluster_info:
             reply["status"] = False
         if self.sock is not None:
-            self._send(job.peer, protocol.REPLY, reply, job.msg_id)
+            self._send(job.peer, protocol.REPLY, reply, job.msg_id, keys=keys)
             self.stats["replies"] += 1
 
     # --- sending ----------------------------------------------------------------------------------
 
-    def _send(self, addr, kind, obj, msg_id=None, response=True, cache=True, compress=True):
+    def _send(self, addr, kind, obj, msg_id=None, response=True, cache=True, compress=True, keys=None):
         """Encode and send through the endpoint; an object that cannot be encoded becomes an error reply."""
         wall, mono = now_ms(), time.monotonic()
         try:
@@ -336,7 +339,8 @@ class Agent(object):
             error = protocol.ProtocolError("too_large" if isinstance(exc, protocol.ProtocolError) else "failed",
                                            "the reply could not be encoded: %s" % exc)
             payload = protocol.dump_json(protocol.error_reply(error))
-        msg_id = self.endpoint.send(addr, kind, payload, self.keys, wall, mono, msg_id, response, cache, compress)
+        msg_id = self.endpoint.send(addr, kind, payload, keys or self.keys, wall, mono, msg_id, response, cache,
+                                    compress)
         self._flush()
         return msg_id
 
@@ -437,11 +441,16 @@ class Agent(object):
 
     # --- agent-internal operations (registered in __init__) --------------------------------------
 
+    def use_keyring(self, keys, other_keys):
+        """Take a (re)loaded keyring (keyfile.Keyring.load): replies keep the key of their request."""
+        self.keys, self.other_keys = keys, tuple(other_keys)
+
     def op_stats(self):
         """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason.
 
         Also "site_modules": {"loaded": [file names], "failed": {file name: why}, "failed_count"}
-        for the modules of operations_dir.
+        for the modules of operations_dir, and "keyring": {"in_use": fingerprint, "accepted":
+        [fingerprints]} (two during a key rotation).
         """
         out = dict(self.stats)
         out["dropped"] = dict(self.stats["dropped"])
@@ -451,6 +460,8 @@ class Agent(object):
                    known_addresses=len(endpoint.addresses), spooled_reports=len(self.spool),
                    spool_bytes=self.spool.size, spool_dropped=self.spool.dropped,
                    subscriptions=len(self.subscriptions), enrolled=self.enrolled)
+        out["keyring"] = {"in_use": protocol.key_fingerprint(self.keys.key),
+                          "accepted": [protocol.key_fingerprint(k.key) for k in (self.keys,) + self.other_keys]}
         site = self.registry.site_modules
         out["site_modules"] = {"loaded": list(site["loaded"]), "failed": dict(site["failed"]),
                                "failed_count": len(site["failed"])}
