@@ -396,11 +396,12 @@ def cmd_ops(args) -> int:
     return 0
 
 
-KEYRING_STEPS = ("install", "use", "remove")
+KEYRING_STEPS = ("install", "use", "remove", "show")
 
 
 def _keyring_step(keystore: KeyStore, args) -> int:
-    """`mdp keys install IP --key-file F | use IP | remove IP`: one key rotation step on the controller."""
+    """`mdp keys install IP --key-file F | use IP | remove IP`: one key rotation step on the controller
+    (`show IP`: none, only the ring's fingerprints)."""
     if (args.action == "install") != bool(args.key_file):
         raise UsageError("--key-file goes with `keys install` (and it needs one: the agent's new key)")
     ring = keystore.keyring(args.ip)
@@ -409,7 +410,7 @@ def _keyring_step(keystore: KeyStore, args) -> int:
             text = sys.stdin.read(4096) if args.key_file == "-" else open(args.key_file).read(4096)
             changed = ring.install(text)
         else:
-            changed = getattr(ring, args.action)()
+            changed = getattr(ring, args.action)() if args.action != "show" else False
         out = ring.fingerprints()
     except (OSError, ValueError) as exc:
         raise KeyStoreError(f"{args.ip}: {exc}", "bad_key") from None
@@ -527,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the agent logs its own at start: `key fingerprint XXXX-XXXX-XXXX-XXXX`)")
     p.add_argument("--key-file", metavar="FILE", help="install: the agent's new key (its agent.next.key; - reads "
                    "stdin), to accept beside the one in use until `use` and `remove`")
-    p.add_argument("--json", action="store_true", help="machine-readable output (list, install, use, remove)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list, install, use, remove, show)")
     p.set_defaults(func=cmd_keys)
 
     try:
