@@ -3,7 +3,8 @@
 deploy.yml (this checkout's agent), then playbooks/rotate_keys.yml over SSH on the three hosts while a
 thread asks every agent for a ping every 0.2 s with the controller's key store, as `mdp send` does:
 no request fails during install, use and remove; afterwards every host has a new key, the controller
-holds it, and a request under the old key is refused. Check mode first changes nothing; a second
+holds it, and a request under the old key is refused; neither key shows in the playbook's --diff -vvv
+output. Check mode first changes nothing; a second
 `remove` run finds nothing to do. Teardown puts the original keys back (other tests' stores hold them).
 """
 
@@ -82,7 +83,7 @@ def test_rotate_keys_keeps_every_agent_answering_and_the_old_key_is_refused_afte
     pinger = Pinger(ips, known)
     pinger.start()
     try:
-        result = playbook(fleet, known, "playbooks/rotate_keys.yml")
+        result = playbook(fleet, known, "playbooks/rotate_keys.yml", "--diff", "-vvv")
     finally:
         pinger.stop.set()
         pinger.join(30)
@@ -92,9 +93,12 @@ def test_rotate_keys_keeps_every_agent_answering_and_the_old_key_is_refused_afte
     assert pinger.rounds >= 20, "the pings ran through the rotation"
     assert pinger.failures == []
 
+    output = result.stdout + result.stderr
     for host in fleet.hosts:
         new_text = host.ssh(f"cat {STATE}/agent.key").stdout
         assert new_text != original[host.ip]
+        for text in (new_text, original[host.ip]):   # no_log holds at -vvv with --diff
+            assert text.strip() not in output, f"{host.name}'s key is in the playbook's output"
         assert store.get_text(host.ip) == new_text.strip(), "the controller holds the host's new key"
         assert host.ssh(f"ls {STATE}/agent.next.key {STATE}/agent.previous.key", check=False).returncode != 0
         assert host.ssh(f"stat -c %a {STATE}/agent.key").stdout.strip() == "600"
