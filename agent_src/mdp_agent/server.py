@@ -445,12 +445,17 @@ class Agent(object):
         """Take a (re)loaded keyring (keyfile.Keyring.load): replies keep the key of their request."""
         self.keys, self.other_keys = keys, tuple(other_keys)
 
+    def op_keyring(self):
+        """The keys this agent holds, by fingerprint: {"in_use": the key it seals its reports with,
+        "accepted": every key a request may use, the one in use first} (more than one during a key rotation)."""
+        return {"in_use": protocol.key_fingerprint(self.keys.key),
+                "accepted": [protocol.key_fingerprint(k.key) for k in (self.keys,) + self.other_keys]}
+
     def op_stats(self):
         """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason.
 
         Also "site_modules": {"loaded": [file names], "failed": {file name: why}, "failed_count"}
-        for the modules of operations_dir, and "keyring": {"in_use": fingerprint, "accepted":
-        [fingerprints]} (two during a key rotation).
+        for the modules of operations_dir.
         """
         out = dict(self.stats)
         out["dropped"] = dict(self.stats["dropped"])
@@ -460,8 +465,6 @@ class Agent(object):
                    known_addresses=len(endpoint.addresses), spooled_reports=len(self.spool),
                    spool_bytes=self.spool.size, spool_dropped=self.spool.dropped,
                    subscriptions=len(self.subscriptions), enrolled=self.enrolled)
-        out["keyring"] = {"in_use": protocol.key_fingerprint(self.keys.key),
-                          "accepted": [protocol.key_fingerprint(k.key) for k in (self.keys,) + self.other_keys]}
         site = self.registry.site_modules
         out["site_modules"] = {"loaded": list(site["loaded"]), "failed": dict(site["failed"]),
                                "failed_count": len(site["failed"])}

@@ -105,9 +105,9 @@ def test_rotate_keys_keeps_every_agent_answering_and_the_old_key_is_refused_afte
         for state in ("next", "previous"):
             assert store.get_text(host.ip, state) is None
 
-    replies = client.send_sync(ips, ["agent.stats"], known_machines=known, timeout=10)
+    replies = client.send_sync(ips, ["agent.keyring"], known_machines=known, timeout=10)
     for ip in ips:
-        ring = replies[ip]["operations"][0]["result"]["keyring"]
+        ring = replies[ip]["operations"][0]["result"]
         fingerprint = protocol.key_fingerprint(protocol.parse_key_text(store.get_text(ip)))
         assert ring == {"in_use": fingerprint, "accepted": [fingerprint]}, ip
     stale = client.send_sync(ips, ["ping"], known_machines=str(old_store), timeout=3)

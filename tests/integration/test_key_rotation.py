@@ -33,9 +33,9 @@ def keyring_step(agent, step: str) -> dict:
 
 
 def wait_for_ring(agent, in_use: str, accepted: list[str]):
-    """Until the running agent says (agent.stats "keyring") it took the files: SIGHUP is asynchronous."""
+    """Until the running agent says (agent.keyring) it took the files: SIGHUP is asynchronous."""
     want = {"in_use": in_use, "accepted": accepted}
-    wait_for(lambda: agent.stats()["keyring"] == want, f"the agent to use {want}", timeout=15, interval=0.1)
+    wait_for(lambda: agent.result("agent.keyring") == want, f"the agent to use {want}", timeout=15, interval=0.1)
 
 
 def store_with(path, ip: str, key_text: str) -> str:
