@@ -21,7 +21,8 @@ from mdp_agent import protocol
 from mdp_controller import client
 from mdp_controller.keystore import KeyStore
 
-pytestmark = [pytest.mark.fleet, pytest.mark.slow]
+# Waiting for the shared fleet (flock) and deploying it count against the setup: more than the default 600 s.
+pytestmark = [pytest.mark.fleet, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 STATE = "/var/lib/mdp-agent"
 SEND_EVERY_S = 0.2
