@@ -1138,11 +1138,13 @@ class Endpoint(object):
         try:
             packet = open_datagram(datagram, keys, self.receives)
         except ProtocolError as exc:
-            packet, error = None, exc
+            # Only `exc` may hold the error: the except clause unbinds it on the way out, while any
+            # other local would keep a frame <-> traceback cycle alive until the cyclic GC runs.
+            packet = None
             if exc.code == "bad_signature" and self.alternate_keys is not None:
-                keys, packet, error = self._open_with_alternates(datagram, addr, keys, exc)
+                keys, packet, exc = self._open_with_alternates(datagram, addr, keys, exc)
             if packet is None:
-                return self._refuse_unopened(datagram, addr, msg_id, keys, error, wall_ms, now)
+                return self._refuse_unopened(datagram, addr, msg_id, keys, exc, wall_ms, now)
         self.addresses.heard(addr, len(datagram), now)
         skew = skew_error(packet.timestamp_ms, wall_ms, self.window_s)
         if skew is not None:
