@@ -1,6 +1,7 @@
 """python3 -m mdp_agent: run the MDP agent in the foreground (systemd/upstart supervise it)."""
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -23,9 +24,14 @@ On first start the agent writes its key to STATE_DIR/agent.key (64 hex character
 .known_machines/<ip>.txt: copying it there enrols the machine. With --enrol and no key yet, the key
 is agreed with the monitor instead (ffdhe3072 key agreement, no key on the wire) and the agent logs
 its enrolment fingerprint, to compare with `mdp keys list` on the monitor before accepting it.
-Signals: SIGTERM/SIGINT exit cleanly, SIGHUP re-reads the config file (bind and port need a restart).
-Each start logs how the previous run ended: STATE_DIR/agent.running stays behind when a run did not
+Signals: SIGTERM/SIGINT exit cleanly, SIGHUP re-reads the config file (bind and port need a restart)
+and the keyring.
+Each start logs how the previous run ended: STATE_DIR/agent.run says "running" when a run did not
 exit cleanly, and the systemd unit records systemd's verdict in STATE_DIR/last-exit (mdp_agent/lastrun.py).
+Key rotation without downtime (docs/security.md): --keyring install puts a new key beside the one in
+use (STATE_DIR/agent.next.key), --keyring use makes it the key in use and keeps the old one as
+agent.previous.key, --keyring remove drops the old one; after each, SIGHUP the agent. Until remove,
+requests sealed with any key of the ring are accepted and answered with the key they used.
 """
 
 
@@ -45,6 +51,8 @@ def build_parser():
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     p.add_argument("--init-only", action="store_true",
                    help="create the key if it is missing, print its path, and exit without listening")
+    p.add_argument("--keyring", choices=keyfile.KEYRING_STEPS + ("show",),
+                   help="a key rotation step on STATE_DIR's keyring; prints the ring's fingerprints as JSON and exits")
     p.add_argument("--version", action="version", version="mdp-agent " + __version__)
     return p
 
@@ -98,6 +106,19 @@ def main(argv=None):
             log.info("generated a new key in %s", key_path)
         # What `mdp keys list` shows for this machine: compare the two before `mdp keys accept`.
         log.info("key fingerprint %s (%s)", protocol.key_fingerprint(keys.key), key_path)
+    keyring = keyfile.Keyring.of_agent(settings["state_dir"])
+    if args.keyring:
+        if keys is None:
+            sys.stderr.write("mdp-agent: --keyring: no key yet (the enrolment with the monitor is pending)\n")
+            return 2
+        return keyring_step(keyring, args.keyring)
+    other_keys = ()
+    if keys is not None:
+        try:
+            keys, other_keys = keyring.load()
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("mdp-agent: cannot load the keyring: %s\n" % exc)
+            return 1
     if args.init_only:
         print(key_path)
         return 0
@@ -115,6 +136,8 @@ def main(argv=None):
     except ImportError:
         pass
     agent = Agent(loop, settings, keys, registry, pool, cluster)
+    if keys is not None:
+        agent.use_keyring(keys, other_keys)
     try:
         agent.start()
     except OSError as exc:
@@ -137,7 +160,12 @@ def main(argv=None):
         agent.registry = load_registry(settings)
         agent.register_internal_operations()
         agent.configure_reporting()
-        log.info("SIGHUP: configuration reloaded from %s", args.config)
+        try:
+            agent.use_keyring(*keyring.load())
+        except (OSError, ValueError) as exc:
+            log.error("SIGHUP: keeping the old keyring: %s", exc)
+        log.info("SIGHUP: configuration reloaded from %s; key in use %s, %d other key(s) accepted", args.config,
+                 protocol.key_fingerprint(agent.keys.key), len(agent.other_keys))
 
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
@@ -153,6 +181,20 @@ def main(argv=None):
         loop.close()
     lastrun.mark_stopped(settings["state_dir"])   # only a clean stop gets here (an exception skips it)
     log.info("mdp-agent stopped")
+    return 0
+
+
+def keyring_step(keyring, step):
+    """`--keyring STEP`: change the key files (the running agent takes them on SIGHUP) and print
+    {"changed", "in_use", "next", "previous"} (fingerprints) for the playbook."""
+    try:
+        changed = getattr(keyring, step)() if step != "show" else False
+        out = keyring.fingerprints()
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("mdp-agent: --keyring %s: %s\n" % (step, exc))
+        return 1
+    out["changed"] = bool(changed)
+    print(json.dumps(out, sort_keys=True))
     return 0
 
 

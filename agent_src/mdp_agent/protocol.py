@@ -1119,6 +1119,10 @@ class Endpoint(object):
     (seconds), `wall_ms` the wall clock (ms since the epoch, what timestamps are compared with).
 
     keys_for(ip, msg_id) returns the KeyPair to verify with, or None (then a Refusal "no_key").
+    alternate_keys(ip), if given, returns the other keys of ip's keyring during a key rotation
+    (docs/security.md): tried in order only when keys_for's key does not open the datagram, so a
+    steady-state datagram costs what it did. The key that opened a message is its event's `keys`,
+    and whatever answers it (reply, RESEND, CHALLENGE) is sealed with that key.
     The owner says which kinds are de-duplicated and how:
       agent      receives=TO_AGENT, dedup={REQUEST: False}: a request is one request whatever address
                  it comes from (one key), answered from the outbox to its first sender only;
@@ -1130,8 +1134,9 @@ class Endpoint(object):
     def __init__(self, receives, keys_for, dedup=None, answer_errors=False, max_datagram=DEFAULT_MAX_DATAGRAM,
                  replay_window_s=DEFAULT_REPLAY_WINDOW_S, reassembly_bytes=REASSEMBLY_BYTES_TOTAL,
                  not_before_ms=0, address_entries=ADDRESS_TABLE_ENTRIES, text_only=(),
-                 replay_entries=REPLAY_CACHE_ENTRIES, outbox_bytes=OUTBOX_BYTES):
+                 replay_entries=REPLAY_CACHE_ENTRIES, outbox_bytes=OUTBOX_BYTES, alternate_keys=None):
         self.receives = receives
+        self.alternate_keys = alternate_keys
         # Kinds delivered as JSON text only (Message.obj None): the collector hands reports to SQLite,
         # which reads the JSON itself, so parsing them in Python would be work done twice.
         self.text_only = frozenset(text_only)
@@ -1250,10 +1255,13 @@ class Endpoint(object):
         try:
             packet = open_datagram(datagram, keys, self.receives)
         except ProtocolError as exc:
-            if exc.code == "unsupported_version":   # sealed (or MDP/1-signed) with our key: tell it
-                self.addresses.heard(addr, len(datagram), now)
-                self.refuse(addr, msg_id, exc, keys, wall_ms, now)
-            return [Refusal(addr, exc.code, exc.message, msg_id)]
+            # Only `exc` may hold the error: the except clause unbinds it on the way out, while any
+            # other local would keep a frame <-> traceback cycle alive until the cyclic GC runs.
+            packet = None
+            if exc.code == "bad_signature" and self.alternate_keys is not None:
+                keys, packet, exc = self._open_with_alternates(datagram, addr, keys, exc)
+            if packet is None:
+                return self._refuse_unopened(datagram, addr, msg_id, keys, exc, wall_ms, now)
         self.addresses.heard(addr, len(datagram), now)
         skew = skew_error(packet.timestamp_ms, wall_ms, self.window_s)
         if skew is not None:
@@ -1294,6 +1302,22 @@ class Endpoint(object):
                 self.refuse(addr, msg_id, exc, keys, wall_ms, now)
             return [Refusal(addr, exc.code, exc.message, msg_id)]
         return [Message(addr, kind, msg_id, timestamp_ms, obj, text, keys)]
+
+    def _open_with_alternates(self, datagram, addr, keys, error):
+        """(keys, packet, None) for the first alternate key that opens datagram, else (keys, None, error)."""
+        for other in self.alternate_keys(addr[0]) or ():
+            try:
+                return other, open_datagram(datagram, other, self.receives), None
+            except ProtocolError as exc:
+                if exc.code != "bad_signature":   # it verified: an unsupported version under this key
+                    return other, None, exc
+        return keys, None, error
+
+    def _refuse_unopened(self, datagram, addr, msg_id, keys, exc, wall_ms, now):
+        if exc.code == "unsupported_version":   # sealed (or MDP/1-signed) with our key: tell it
+            self.addresses.heard(addr, len(datagram), now)
+            self.refuse(addr, msg_id, exc, keys, wall_ms, now)
+        return [Refusal(addr, exc.code, exc.message, msg_id)]
 
     def _on_duplicate(self, packet, addr, keys, wall_ms, now):
         entry = self.outbox.entry(packet.msg_id)

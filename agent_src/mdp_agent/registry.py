@@ -41,6 +41,7 @@ LEGACY_ALIASES = {
 # action plugin know their hints and flags without a second copy of them.
 AGENT_OPERATIONS = (
     ("agent.stats", "op_stats", {"inline": True}),
+    ("agent.keyring", "op_keyring", {"inline": True}),
     ("report.subscribe", "op_subscribe", {"inline": True, "changes_state": True}),
     ("report.unsubscribe", "op_unsubscribe", {"inline": True, "changes_state": True}),
     ("report.subscriptions", "op_subscriptions", {"inline": True}),

@@ -105,7 +105,8 @@ class Agent(object):
     def __init__(self, loop, settings, keys, registry, pool, cluster=None, state_dir=None):
         self.loop = loop
         self.settings = settings
-        self.keys = keys
+        self.keys = keys                # the key in use: what this agent seals its own reports with
+        self.other_keys = ()            # the rest of the keyring during a rotation (keyfile.Keyring)
         self.registry = registry
         self.pool = pool
         self.cluster = cluster
@@ -151,7 +152,8 @@ class Agent(object):
             protocol.TO_AGENT, lambda ip, msg_id: self.keys, dedup={protocol.REQUEST: False}, answer_errors=True,
             max_datagram=self.settings["max_datagram"], replay_window_s=self.settings["replay_window"],
             reassembly_bytes=protocol.AGENT_REASSEMBLY_BYTES_TOTAL, not_before_ms=now_ms(),
-            replay_entries=protocol.AGENT_REPLAY_CACHE_ENTRIES, outbox_bytes=protocol.AGENT_OUTBOX_BYTES)
+            replay_entries=protocol.AGENT_REPLAY_CACHE_ENTRIES, outbox_bytes=protocol.AGENT_OUTBOX_BYTES,
+            alternate_keys=lambda ip: self.other_keys)
         self.loop.add_reader(sock, self._on_readable)
         self.spool.load(time.time(), time.monotonic())
         self._load_subscriptions()
@@ -220,12 +222,13 @@ class Agent(object):
             operations, cluster_info = protocol.parse_request(message.obj)
         except protocol.ProtocolError as exc:
             self._count_drop(exc.code, message.addr)
-            self.endpoint.refuse(message.addr, message.msg_id, exc, self.keys, now_ms(), time.monotonic())
+            self.endpoint.refuse(message.addr, message.msg_id, exc, message.keys, now_ms(), time.monotonic())
             self._flush()
             return
         self.stats["requests"] += 1
-        self.run_operations(message.addr, message.msg_id, operations, cluster_info, self._reply_done,
-                            protocol.REPLY)
+        # The reply is sealed with the key the request used (during a rotation either one of the ring).
+        self.run_operations(message.addr, message.msg_id, operations, cluster_info,
+                            lambda job: self._reply_done(job, message.keys), protocol.REPLY)
 
     def _handle_ack(self, message):
         if message.addr != self.monitor_addr:
@@ -368,17 +371,17 @@ class Agent(object):
         if job.waiting == 0:
             job.on_done(job)
 
-    def _reply_done(self, job):
+    def _reply_done(self, job, keys=None):
         reply = protocol.make_reply(job.results, job.cluster_info)
         if "error" in job.cluster_info:
             reply["status"] = False
         if self.sock is not None:
-            self._send(job.peer, protocol.REPLY, reply, job.msg_id)
+            self._send(job.peer, protocol.REPLY, reply, job.msg_id, keys=keys)
             self.stats["replies"] += 1
 
     # --- sending ----------------------------------------------------------------------------------
 
-    def _send(self, addr, kind, obj, msg_id=None, response=True, cache=True, compress=True):
+    def _send(self, addr, kind, obj, msg_id=None, response=True, cache=True, compress=True, keys=None):
         """Encode and send through the endpoint; an object that cannot be encoded becomes an error reply."""
         wall, mono = now_ms(), time.monotonic()
         try:
@@ -391,7 +394,8 @@ class Agent(object):
             error = protocol.ProtocolError("too_large" if isinstance(exc, protocol.ProtocolError) else "failed",
                                            "the reply could not be encoded: %s" % exc)
             payload = protocol.dump_json(protocol.error_reply(error))
-        msg_id = self.endpoint.send(addr, kind, payload, self.keys, wall, mono, msg_id, response, cache, compress)
+        msg_id = self.endpoint.send(addr, kind, payload, keys or self.keys, wall, mono, msg_id, response, cache,
+                                    compress)
         self._flush()
         return msg_id
 
@@ -487,6 +491,16 @@ class Agent(object):
             log.error("cannot remember the enrolment in %s: %s", self._enrolled_path(), exc)
 
     # --- agent-internal operations (registered in __init__) --------------------------------------
+
+    def use_keyring(self, keys, other_keys):
+        """Take a (re)loaded keyring (keyfile.Keyring.load): replies keep the key of their request."""
+        self.keys, self.other_keys = keys, tuple(other_keys)
+
+    def op_keyring(self):
+        """The keys this agent holds, by fingerprint: {"in_use": the key it seals its reports with,
+        "accepted": every key a request may use, the one in use first} (more than one during a key rotation)."""
+        return {"in_use": protocol.key_fingerprint(self.keys.key),
+                "accepted": [protocol.key_fingerprint(k.key) for k in (self.keys,) + self.other_keys]}
 
     def op_stats(self):
         """Counters of this agent: datagrams received, requests, replies, duplicates, reports, drops by reason.

@@ -397,6 +397,33 @@ def cmd_ops(args) -> int:
     return 0
 
 
+KEYRING_STEPS = ("install", "use", "remove", "show")
+
+
+def _keyring_step(keystore: KeyStore, args) -> int:
+    """`mdp keys install IP --key-file F | use IP | remove IP`: one key rotation step on the controller
+    (`show IP`: none, only the ring's fingerprints)."""
+    if (args.action == "install") != bool(args.key_file):
+        raise UsageError("--key-file goes with `keys install` (and it needs one: the agent's new key)")
+    ring = keystore.keyring(args.ip)
+    try:
+        if args.action == "install":
+            text = sys.stdin.read(4096) if args.key_file == "-" else open(args.key_file).read(4096)
+            changed = ring.install(text)
+        else:
+            changed = getattr(ring, args.action)() if args.action != "show" else False
+        out = ring.fingerprints()
+    except (OSError, ValueError) as exc:
+        raise KeyStoreError(f"{args.ip}: {exc}", "bad_key") from None
+    out["changed"] = changed
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"{args.action}: {args.ip} in use {out['in_use']}, next {out['next']}, previous {out['previous']}"
+              f"{'' if changed else ' (nothing to do)'}")
+    return 0
+
+
 def cmd_keys(args) -> int:
     keystore = KeyStore(args.known_machines)
     try:
@@ -414,6 +441,8 @@ def cmd_keys(args) -> int:
             raise UsageError(f"keys {args.action}: give the machine's IP")
         if args.fingerprint and args.action != "accept":
             raise UsageError("--fingerprint goes with `keys accept`")
+        if args.action in KEYRING_STEPS:
+            return _keyring_step(keystore, args)
         if args.action == "accept":
             path = keystore.accept(args.ip, args.fingerprint)
         else:
@@ -492,14 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output with full docstrings")
     p.set_defaults(func=cmd_ops)
 
-    p = sub.add_parser("keys", help="list, accept, reject or revoke machine keys")
+    p = sub.add_parser("keys", help="list, accept, reject or revoke machine keys; rotate them (install, use, "
+                       "remove: docs/security.md)")
     common(p, timeout=False)
-    p.add_argument("action", choices=["list", "accept", "reject", "revoke"])
-    p.add_argument("ip", nargs="?", help="the machine (for accept, reject, revoke)")
+    p.add_argument("action", choices=["list", "accept", "reject", "revoke", *KEYRING_STEPS])
+    p.add_argument("ip", nargs="?", help="the machine (for every action but list)")
     p.add_argument("--fingerprint", metavar="FP", help="accept only if the enrolment has this fingerprint "
                    "(the agent logs it: `enrolment fingerprint XXXX-XXXX-XXXX-XXXX`); without it, accept "
                    "is trust on first use")
-    p.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    p.add_argument("--key-file", metavar="FILE", help="install: the agent's new key (its agent.next.key; - reads "
+                   "stdin), to accept beside the one in use until `use` and `remove`")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list, install, use, remove, show)")
     p.set_defaults(func=cmd_keys)
 
     try:

@@ -90,7 +90,8 @@ class Collector(asyncio.DatagramProtocol):
         self.store = store
         self.accept_new = accept_new
         self.endpoint = protocol.Endpoint(protocol.TO_CONTROLLER, self._keys_for, dedup={protocol.REPORT: True},
-                                          text_only=(protocol.REPORT,))
+                                          text_only=(protocol.REPORT,),
+                                          alternate_keys=lambda ip: keystore.alternates(unmap_ip(ip)))
         self.transport: asyncio.DatagramTransport | None = None
         self.stats = {"received": 0, "reports": 0, "acked": 0, "hellos": 0, "dropped": {}}
         self._warned: dict[str, float] = {}

@@ -6,6 +6,10 @@ Layout (directories 0700, files 0600, every write atomic):
     .known_machines/pending/<ip>.fingerprint   that enrolment's fingerprint (of its transcript, which
                                         the agent logs too; it cannot be computed from the key)
     .known_machines/rejected/<ip>.txt   keys refused (a known machine showing a different key, or rejected)
+    .known_machines/next/<ip>.txt       during a key rotation: the agent's new key, installed, not yet in use
+    .known_machines/previous/<ip>.txt   during a key rotation: the key `use` replaced, accepted until `remove`
+The trusted <ip>.txt is the key in use (requests are sealed with it); reports are accepted under any
+key of the ring (mdp_agent.keyfile.Keyring; docs/security.md, "Rotating keys").
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from pathlib import Path
 
 from mdp_agent import protocol
 from mdp_agent.errors import MDPError
-from mdp_agent.keyfile import ensure_private_dir, read_key_file, write_private_file
+from mdp_agent.keyfile import Keyring, ensure_private_dir, read_key_file, write_private_file
 
 DEFAULT_DIR = ".known_machines"
+RING_STATES = ("next", "previous")   # the keyring's other keys, beside the trusted one (see Keyring)
 
 
 class KeyStoreError(MDPError):
@@ -64,6 +69,7 @@ class KeyStore:
         self.path = Path(path) if path else default_path()
         self._cache: dict[str, tuple[float, protocol.KeyPair]] = {}
         self._paths: dict[str, Path] = {}   # ip as given -> its trusted key file
+        self._ring_cache: dict[tuple[str, str], tuple[int, protocol.KeyPair]] = {}
 
     def file(self, ip: str, state: str = "trusted") -> Path:
         ip = normalise_ip(ip)
@@ -98,6 +104,35 @@ class KeyStore:
             return None
         self._cache[ip] = (mtime, keys)
         return keys
+
+    def alternates(self, ip: str) -> tuple[protocol.KeyPair, ...]:
+        """The other keys of ip's keyring (next, previous) during a rotation: the receive path asks only
+        when the trusted key did not open a datagram, so steady state costs no extra stat."""
+        out = []
+        for state in RING_STATES:
+            try:
+                path = self.file(unmap_ip(ip), state)
+                mtime = path.stat().st_mtime_ns
+            except (KeyStoreError, OSError):
+                continue
+            cached = self._ring_cache.get((ip, state))
+            if cached is None or cached[0] != mtime:
+                try:
+                    cached = (mtime, read_key_file(str(path)))
+                except (OSError, ValueError):
+                    continue
+                if len(self._ring_cache) > 100_000:   # bounded: addresses come from datagrams
+                    self._ring_cache.clear()
+                self._ring_cache[(ip, state)] = cached
+            out.append(cached[1])
+        return tuple(out)
+
+    def keyring(self, ip: str) -> Keyring:
+        """ip's key files as a Keyring, for the rotation steps (`mdp keys install|use|remove IP`)."""
+        for directory in (self.path, *(self.path / state for state in RING_STATES)):
+            ensure_private_dir(str(directory))
+        self._forget(ip)
+        return Keyring(str(self.file(ip)), str(self.file(ip, "next")), str(self.file(ip, "previous")))
 
     def get(self, ip: str) -> protocol.KeyPair:
         """The trusted key for ip (cached until the file changes); KeyStoreError naming the cause."""
@@ -157,7 +192,7 @@ class KeyStore:
     def list(self) -> list[dict]:
         """Every key file: [{"ip", "state", "fingerprint", "path"}] sorted by state then address."""
         rows = []
-        for state in ("trusted", "pending", "rejected"):
+        for state in ("trusted", *RING_STATES, "pending", "rejected"):
             base = self.path if state == "trusted" else self.path / state
             for path in sorted(base.glob("*.txt")) if base.is_dir() else []:
                 try:
@@ -165,7 +200,7 @@ class KeyStore:
                 except KeyStoreError:
                     continue
                 rows.append({"ip": ip, "state": state, "fingerprint": self.fingerprint(ip, state), "path": str(path)})
-        order = {"trusted": 0, "pending": 1, "rejected": 2}
+        order = {"trusted": 0, "next": 1, "previous": 2, "pending": 3, "rejected": 4}
         return sorted(rows, key=lambda r: (order[r["state"]], ip_sort_key(r["ip"])))
 
     def ips(self) -> list[str]:

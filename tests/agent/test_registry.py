@@ -254,7 +254,8 @@ def test_controller_registry_describes_the_agents_own_operations_from_the_agent_
     for name, method, changes in (("report.subscribe", "op_subscribe", True),
                                   ("report.unsubscribe", "op_unsubscribe", True),
                                   ("report.subscriptions", "op_subscriptions", False),
-                                  ("agent.stats", "op_stats", False)):
+                                  ("agent.stats", "op_stats", False),
+                                  ("agent.keyring", "op_keyring", False)):
         entry = described[name]
         assert entry["doc"] == inspect.cleandoc(getattr(Agent, method).__doc__)  # one copy of the hint
         assert entry["changes_state"] is changes and entry["mutating"] is False
@@ -276,7 +277,7 @@ def test_an_agent_binds_its_operations_over_the_descriptions():
             """Counters."""
             return self.stats
 
-        op_subscribe = op_unsubscribe = op_subscriptions = op_stats
+        op_subscribe = op_unsubscribe = op_subscriptions = op_keyring = op_stats
 
     registry = load_default_registry()
     registry.register_agent_operations(Fake())

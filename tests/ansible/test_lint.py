@@ -9,7 +9,7 @@ import pytest
 from mdp_ansible import run
 
 PLAYBOOKS = ["deploy.yml", "playbooks/send.yml", "playbooks/uninstall.yml", "playbooks/rotate_keys.yml",
-             "playbooks/cluster.yml", "mdp.core.deploy", "mdp.core.cluster", "mdp.core.uninstall"]
+             "playbooks/cluster.yml", "mdp.core.deploy", "mdp.core.cluster", "mdp.core.uninstall", "mdp.core.rotate_keys"]
 
 
 def test_ansible_lint_production_profile_is_clean():
