@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from mdp_agent import protocol
@@ -37,11 +38,19 @@ def default_path() -> Path:
     return Path(os.environ.get("MDP_KNOWN_MACHINES") or DEFAULT_DIR)
 
 
+# An IPv4 address already in canonical form (no leading zeros, no spaces): the usual case, taken as
+# it is without building an ipaddress object (a fan-out asks once per machine; ~25 us each).
+_CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                             r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z")
+
+
 def normalise_ip(ip: str) -> str:
     """The canonical text of an IP address; KeyStoreError for anything else (no paths sneak in).
 
     An IPv4 address as an IPv6 socket shows it (::ffff:10.0.0.5) is the IPv4 address.
     """
+    if _CANONICAL_IPV4.match(ip):
+        return ip
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -68,7 +77,7 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else default_path()
         self._cache: dict[str, tuple[float, protocol.KeyPair]] = {}
-        self._paths: dict[str, Path] = {}   # ip as given -> its trusted key file
+        self._paths: dict[str, str] = {}   # ip as given -> its trusted key file
         self._ring_cache: dict[tuple[str, str], tuple[int, protocol.KeyPair]] = {}
 
     def file(self, ip: str, state: str = "trusted") -> Path:
@@ -88,18 +97,19 @@ class KeyStore:
                 path = self.file(ip)
             except KeyStoreError:
                 return None
+            path = str(path)   # os.stat of a str: no pathlib on the per-datagram path
             if len(self._paths) > 100_000:   # bounded: addresses come from datagrams
                 self._paths.clear()
             self._paths[ip] = path
         try:
-            mtime = path.stat().st_mtime
+            mtime = os.stat(path).st_mtime
         except OSError:
             return None
         cached = self._cache.get(ip)
         if cached and cached[0] == mtime:
             return cached[1]
         try:
-            keys = read_key_file(str(path))
+            keys = read_key_file(path)
         except (OSError, ValueError):
             return None
         self._cache[ip] = (mtime, keys)

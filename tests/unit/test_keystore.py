@@ -102,3 +102,24 @@ def test_a_pending_key_without_its_fingerprint_file_is_never_accepted_by_fingerp
     store.put_pending("10.0.0.11", key, "AAAA-BBBB-CCCC-DDDD")
     store.reject("10.0.0.11")
     assert not (tmp_path / "pending" / "10.0.0.11.fingerprint").exists()
+
+
+def test_normalise_ip_takes_canonical_ipv4_as_it_is_and_refuses_the_rest_as_ipaddress_does():
+    import ipaddress
+    import random
+
+    from mdp_controller.keystore import KeyStoreError, normalise_ip
+    rng = random.Random(7)
+    samples = [".".join(str(rng.randint(0, 300)) for _ in range(4)) for _ in range(20_000)]
+    samples += ["010.0.0.1", "1.2.3.04", "1.2.3", "1.2.3.4.5", "1.2.3.4/", "../x", "\u0661.\u0662.\u0663.\u0664"]
+    for text in samples:
+        try:
+            expected = str(ipaddress.ip_address(text))
+        except ValueError:
+            expected = None
+        try:
+            got = normalise_ip(text)
+        except KeyStoreError:
+            got = None
+        assert got == expected, text
+    assert normalise_ip("::ffff:10.0.0.5") == "10.0.0.5" and normalise_ip(" 10.0.0.1 ") == "10.0.0.1"
