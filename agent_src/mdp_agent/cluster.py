@@ -16,10 +16,9 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 
-from . import syncthing
+from . import keyfile, syncthing
 from .errors import MDPError
 
 LOG = logging.getLogger("mdp_agent.cluster")
@@ -432,16 +431,7 @@ class ClusterManager:
     def _save(self, state):
         if not os.path.isdir(self.state_dir):
             os.makedirs(self.state_dir, 0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".cluster-")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(state, sort_keys=True, indent=1))
-            os.chmod(tmp, 0o600)
-            os.rename(tmp, self._state_path())
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        keyfile.write_private_file(self._state_path(), json.dumps(state, sort_keys=True, indent=1))
 
 
 class _Recorder(object):

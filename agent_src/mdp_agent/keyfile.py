@@ -3,10 +3,10 @@
 Used by the agent (its key and state) and by the controller's key store (.known_machines).
 """
 
+import binascii
 import errno
 import os
 import stat
-import tempfile
 
 from . import protocol
 
@@ -27,21 +27,38 @@ def ensure_private_dir(path):
         os.chmod(path, 0o700)
 
 
-def write_private_file(path, text):
-    """Write text to path atomically (temp file + fsync + rename), mode 0600."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")   # mkstemp creates it 0600
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _private_temp_file(path, text):
+    """A new file beside path holding text, mode 0600 from its creation, synced to disk: the first
+    half of every atomic write here (os.open with O_EXCL, not tempfile, whose imports cost the
+    agent's start-up ~6 ms)."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       ".tmp-" + binascii.hexlify(os.urandom(8)).decode("ascii"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def write_private_file(path, text):
+    """Write text to path atomically (temp file + fsync + rename), mode 0600."""
+    tmp = _private_temp_file(path, text)
+    try:
         os.rename(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
 
 
@@ -61,13 +78,8 @@ def create_private_file(path, text):
     Returns False when another process created it first: two agents starting at once on one fresh
     state dir then both use the one key that won, never two different keys.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    tmp = _private_temp_file(path, text)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(tmp, path)   # fails with EEXIST instead of replacing, like O_EXCL
         except OSError as exc:
