@@ -260,7 +260,9 @@ class FleetReader:
 
     def interval(self, ip: str, reports: int) -> float:
         cached = self._intervals.get(ip)
-        if cached is not None and reports - cached[0] < INTERVAL_SAMPLE:
+        # A new machine's estimate is redone at each report until it rests on a full sample: one
+        # cached at its first report (the 60 s default) kept it "up" for 3 minutes after it stopped.
+        if cached is not None and reports - cached[0] < INTERVAL_SAMPLE and cached[0] >= INTERVAL_SAMPLE:
             return cached[1]
         times = [row[0] for row in self.conn.execute(
             "SELECT received_at FROM reports WHERE ip = ? ORDER BY received_at DESC LIMIT ?", (ip, INTERVAL_SAMPLE))]
