@@ -64,11 +64,23 @@ def write_private_file(path, text):
 
 def read_key_file(path):
     """The KeyPair in path; ValueError naming the file if its content is not a key."""
-    with open(path) as handle:
-        text = handle.read(4096)
+    return read_key_file_and_mtime(path)[0]
+
+
+def read_key_file_and_mtime(path):
+    """(KeyPair, st_mtime) of path from one open: a cache keyed by the mtime needs no second stat.
+
+    os-level calls, no file object: a controller's fan-out reads one key file per machine.
+    """
+    fd = os.open(path, os.O_RDONLY)
     try:
-        return protocol.KeyPair.from_text(text)
-    except ValueError as exc:
+        mtime = os.fstat(fd).st_mtime
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        return protocol.KeyPair.from_text(data.decode("ascii")), mtime
+    except ValueError as exc:   # UnicodeDecodeError is a ValueError too
         raise ValueError("%s: %s" % (path, exc))
 
 

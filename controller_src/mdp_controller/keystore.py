@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mdp_agent import protocol
 from mdp_agent.errors import MDPError
-from mdp_agent.keyfile import Keyring, ensure_private_dir, read_key_file, write_private_file
+from mdp_agent.keyfile import Keyring, ensure_private_dir, read_key_file, read_key_file_and_mtime, write_private_file
 
 DEFAULT_DIR = ".known_machines"
 RING_STATES = ("next", "previous")   # the keyring's other keys, beside the trusted one (see Keyring)
@@ -76,6 +76,7 @@ def ip_sort_key(ip: str):
 class KeyStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path else default_path()
+        self._dir = str(self.path)
         self._cache: dict[str, tuple[float, protocol.KeyPair]] = {}
         self._paths: dict[str, str] = {}   # ip as given -> its trusted key file
         self._ring_cache: dict[tuple[str, str], tuple[int, protocol.KeyPair]] = {}
@@ -88,28 +89,28 @@ class KeyStore:
     def lookup(self, ip: str) -> protocol.KeyPair | None:
         """The trusted key for ip, or None: the receive path's cheap form of get() (no hint, no exception).
 
-        The file is stat'ed on every call, so a revoked or replaced key counts at once; only the
-        address parsing is cached (the collector asks once per datagram).
+        A cached key costs one stat per call, so a revoked or replaced key counts at once; a key not
+        yet cached costs one open (its mtime from fstat). Plain strings, no pathlib: the collector
+        asks once per datagram, a fan-out once per machine.
         """
         path = self._paths.get(ip)
         if path is None:
             try:
-                path = self.file(ip)
+                path = os.path.join(self._dir, normalise_ip(ip) + ".txt")
             except KeyStoreError:
                 return None
-            path = str(path)   # os.stat of a str: no pathlib on the per-datagram path
             if len(self._paths) > 100_000:   # bounded: addresses come from datagrams
                 self._paths.clear()
             self._paths[ip] = path
-        try:
-            mtime = os.stat(path).st_mtime
-        except OSError:
-            return None
         cached = self._cache.get(ip)
-        if cached and cached[0] == mtime:
-            return cached[1]
+        if cached is not None:
+            try:
+                if os.stat(path).st_mtime == cached[0]:
+                    return cached[1]
+            except OSError:
+                return None
         try:
-            keys = read_key_file(path)
+            keys, mtime = read_key_file_and_mtime(path)
         except (OSError, ValueError):
             return None
         self._cache[ip] = (mtime, keys)

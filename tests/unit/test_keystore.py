@@ -76,6 +76,21 @@ def test_key_file_edited_on_disk_is_reloaded(tmp_path):
     assert store.get("10.0.0.5").key == protocol.parse_key_text(new)
 
 
+def test_lookup_sees_a_removed_or_spoiled_key_file_at_once(tmp_path):
+    """The receive path's lookup: a cached key is re-checked by stat, an unreadable file is no key."""
+    store = KeyStore(tmp_path)
+    store.put("10.0.0.5", protocol.generate_key_text())
+    path = tmp_path / "10.0.0.5.txt"
+    assert store.lookup("10.0.0.5") is store.lookup("10.0.0.5")   # cached while the file is unchanged
+    path.unlink()
+    assert store.lookup("10.0.0.5") is None
+    path.write_bytes("\u00e9".encode() * 32)   # not ASCII, not a key
+    assert store.lookup("10.0.0.5") is None
+    with pytest.raises(KeyStoreError, match="unreadable"):
+        store.get("10.0.0.5")
+    assert store.lookup("not-an-ip") is None
+
+
 def test_a_pending_enrolment_is_accepted_only_with_its_own_fingerprint(tmp_path):
     store = KeyStore(tmp_path)
     first, second = protocol.generate_key_text(), protocol.generate_key_text()
