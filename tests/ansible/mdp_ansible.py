@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,3 +36,13 @@ def run_tree(argv, tree: Path, *, known_machines=None, timeout=900) -> tuple[sub
                  ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree", ANSIBLE_CALLBACK_TREE_DIR=str(tree))
     last = {p.name: json.loads(p.read_text()) for p in tree.iterdir()} if tree.is_dir() else {}
     return result, last
+
+
+def deploy(fleet, known_machines, tmp_path: Path, *, timeout=1500, **extra_vars) -> subprocess.CompletedProcess:
+    """deploy.yml on the booted fleet with extra vars (a JSON vars file keeps their types); asserts it succeeded."""
+    vars_file = tmp_path / ("vars-%d.json" % time.monotonic_ns())
+    vars_file.write_text(json.dumps(extra_vars))
+    result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml", "-e", f"@{vars_file}"], timeout=timeout,
+                 known_machines=known_machines)
+    assert result.returncode == 0, result.stdout[-6000:]
+    return result

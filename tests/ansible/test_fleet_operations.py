@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from mdp_ansible import REPO, run
+from mdp_ansible import REPO, deploy
 
 from mdp_controller import client
 
@@ -67,15 +66,6 @@ def send(ips, operations, timeout=30):
     return client.send_sync(ips, operations, known_machines=KNOWN["dir"], timeout=timeout)
 
 
-def deploy(fleet, tmp_path, **extra_vars):
-    vars_file = tmp_path / ("vars-%d.json" % time.monotonic_ns())
-    vars_file.write_text(json.dumps(extra_vars))
-    result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml", "-e", f"@{vars_file}"], timeout=1500,
-                 known_machines=KNOWN["dir"])
-    assert result.returncode == 0, result.stdout[-6000:]
-    return result
-
-
 def wait_until(predicate, what, timeout=60):
     """The harness's one wait-on-a-condition, polled every 0.5 s (each poll is an ssh round trip)."""
     return wait_for(predicate, what, timeout, interval=0.5)
@@ -103,13 +93,13 @@ def site(fleet, tmp_path_factory):
     for host in fleet.hosts:
         host.ssh(f"printf '%s' '{UNIT_TEXT}' > /etc/systemd/system/{UNIT}.service && systemctl daemon-reload"
                  f" && systemctl start {UNIT}")
-    deploy(fleet, tmp, **common)
+    deploy(fleet, KNOWN["dir"], tmp, **common)
     yield fleet, tmp, common
     for host in fleet.hosts:
         host.ssh(f"systemctl stop {UNIT}; rm -f /etc/systemd/system/{UNIT}.service; systemctl daemon-reload;"
                  " rm -f /etc/mdp/operations.d/fleetcheck.py /etc/mdp/operations.d/fleetbroken.py"
                  f" /etc/mdp/operations.d/system.py; rm -rf {CERT_DIR}", check=False)
-    deploy(fleet, tmp)   # the defaults again, for the rest of the suite
+    deploy(fleet, KNOWN["dir"], tmp)   # the defaults again, for the rest of the suite
 
 
 def test_every_new_operation_answers_on_each_suite(site):
@@ -198,7 +188,7 @@ def test_sighup_reloads_a_changed_site_module(site):
 
 def test_restart_really_restarts_when_the_role_enables_mutating(site):
     fleet, tmp, common = site
-    deploy(fleet, tmp, mdp_agent_enable_mutating=True, **common)
+    deploy(fleet, KNOWN["dir"], tmp, mdp_agent_enable_mutating=True, **common)
     before = {h.ip: unit_state(h) for h in fleet.hosts}
     # Started before the first deploy, minutes ago: a restart now gets a later ActiveEnterTimestamp.
     assert all(s["ActiveState"] == "active" for s in before.values()), before

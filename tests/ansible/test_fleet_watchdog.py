@@ -19,12 +19,10 @@ under that rlimit (tests/integration/test_agent_limits.py).
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 
 import pytest
-from mdp_ansible import REPO, run
+from mdp_ansible import REPO, deploy
 
 from mdp_controller import client
 
@@ -39,14 +37,6 @@ MEMORY_MAX = "48M"
 
 def send(ips, operations, timeout=30):
     return client.send_sync(ips, operations, known_machines=KNOWN["dir"], timeout=timeout)
-
-
-def deploy(fleet, tmp_path, **extra_vars):
-    vars_file = tmp_path / ("vars-%d.json" % time.monotonic_ns())
-    vars_file.write_text(json.dumps(extra_vars))
-    result = run(["ansible-playbook", "-i", fleet.inventory, "deploy.yml", "-e", f"@{vars_file}"], timeout=1500,
-                 known_machines=KNOWN["dir"])
-    assert result.returncode == 0, result.stdout[-6000:]
 
 
 def unit(host, *properties):
@@ -86,9 +76,9 @@ def kill_and_wait_for_the_restart(fleet, signal_name):
 def capped(fleet, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("watchdog")
     KNOWN["dir"] = str(tmp / "known_machines")
-    deploy(fleet, tmp, mdp_agent_memory_max=MEMORY_MAX, mdp_agent_cpu_quota="30%")
+    deploy(fleet, KNOWN["dir"], tmp, mdp_agent_memory_max=MEMORY_MAX, mdp_agent_cpu_quota="30%")
     yield fleet
-    deploy(fleet, tmp)   # the defaults again, for the rest of the suite
+    deploy(fleet, KNOWN["dir"], tmp)   # the defaults again, for the rest of the suite
 
 
 def test_the_unit_carries_the_caps_and_restart(capped):
