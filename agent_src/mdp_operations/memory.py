@@ -2,6 +2,10 @@
 
 from . import _host, _procfs, inline
 
+# What info() and _estimate_available() read of /proc/meminfo.
+FIELDS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "Shmem", "SReclaimable", "SwapTotal",
+          "SwapFree", "SwapCached", "Active(file)", "Inactive(file)")
+
 
 def _low_watermark_bytes():
     """Sum of every zone's low watermark (/proc/zoneinfo, in pages) in bytes."""
@@ -40,7 +44,7 @@ def info():
     the kernel has no MemAvailable, as 3.13 / Ubuntu 14.04, and it was computed from zoneinfo),
     "swap": {"total", "free", "used", "cached", "percent"}}.
     """
-    mem = _procfs.meminfo()
+    mem = _procfs.meminfo(FIELDS)
     total, free = mem["MemTotal"], mem["MemFree"]
     buffers, cached = mem.get("Buffers", 0), mem.get("Cached", 0)
     estimated = "MemAvailable" not in mem

@@ -111,7 +111,7 @@ def top(n=10, by="cpu", interval=0.1):
         raise ValueError("interval must be a number of seconds in (0, {}]".format(MAX_INTERVAL))
     procs, percents = _cpu_percents(interval)
     page = _host.page_size()
-    total_memory = _procfs.meminfo().get("MemTotal", 0)
+    total_memory = _procfs.meminfo(("MemTotal",)).get("MemTotal", 0)
     rows = []
     for pid, (comm, fields) in procs.items():
         rss = int(fields[_RSS]) * page

@@ -381,3 +381,17 @@ def test_process_top_rejects_bad_arguments():
     for kwargs in ({"n": 0}, {"n": 101}, {"n": 2.5}, {"by": "disk"}, {"interval": 0}):
         with pytest.raises(ValueError):
             process.top(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["trusty", "debian12"])
+def test_meminfo_of_named_fields_reads_what_the_full_parse_reads(name):
+    """memory.info's targeted read (one find per field) against the line-by-line parse of the same file:
+    equal values, "Cached" not taken for "SwapCached", absent fields absent, HugePages counts not scaled."""
+    from mdp_operations import _procfs
+    proc, sys_ = roots_for(name)
+    with _host.roots(proc=proc, sys=sys_):
+        full = _procfs.meminfo()
+        fields = memory.FIELDS + ("HugePages_Total", "NoSuchField")
+        assert _procfs.meminfo(fields) == dict((f, full[f]) for f in fields if f in full)
+    assert full["Cached"] != full["SwapCached"]
+    assert "MemAvailable" in full or name == "trusty"
