@@ -5,9 +5,10 @@
 --agent-src runs another copy of agent_src (e.g. `git archive` of an older commit) for a
 before/after comparison under the same machine load.
 
-Each run starts a fresh agent on 127.10.250.1 (a key made beforehand with --init-only, so key
-creation is not counted), sends a signed ping every 2 ms until the reply verifies, and records the
-time from spawning the process to that reply. Prints the median and the spread; never fails on timing.
+Two copies of the agent are measured: one with its bytecode compiled as the role compiles a
+release when it unpacks it, one without any. Each run starts a fresh agent on 127.10.250.1 (a key
+made beforehand with --init-only, so key creation is not counted), sends a signed ping every 2 ms
+until the reply verifies, and records the time from spawning the process to that reply. Prints the median and the spread; never fails on timing.
 Also prints how long loading the operation registry alone takes in a fresh interpreter.
 """
 
@@ -77,6 +78,11 @@ def registry_load_ms(python: str, src: Path) -> tuple[float, float]:
     return float(wall), float(cpu)
 
 
+def measure(python: str, src: Path, state: Path, keys: protocol.KeyPair, ip: str, port: int, runs: int) -> dict:
+    samples = [one_run(python, src, state, keys, ip, port) for _ in range(runs)]
+    return {"wall_ms": [wall * 1000 for wall, _ in samples], "cpu_ms": [used * 1000 for _, used in samples]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -85,22 +91,33 @@ def main() -> None:
     args = parser.parse_args()
     ip, port = address(250, 0), 12345
     with tempfile.TemporaryDirectory() as tmp:
-        # A copy without __pycache__, as the role installs it (no bytecode is written on the host).
-        src = Path(tmp) / "agent_src"
-        shutil.copytree(args.agent_src, src, ignore=shutil.ignore_patterns("__pycache__"))
+        # Two copies without the checkout's __pycache__: one compiled as the role compiles a release
+        # when it unpacks it (python3 -m compileall), one bare. Nothing writes bytecode into either
+        # afterwards (PYTHONDONTWRITEBYTECODE, as the agent's unit sets it).
+        installed, bare = Path(tmp) / "installed", Path(tmp) / "bare"
+        for src in (installed, bare):
+            shutil.copytree(args.agent_src, src, ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run([args.python, "-m", "compileall", "-q", "-f", str(installed / "mdp_agent"),
+                        str(installed / "mdp_operations")], check=True)
         state = Path(tmp) / "state"
         subprocess.run([args.python, "-m", "mdp_agent", "--init-only", "--state-dir", str(state)], check=True,
-                       env={"PYTHONPATH": str(src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       env={"PYTHONPATH": str(bare), "PYTHONDONTWRITEBYTECODE": "1"},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         keys = protocol.KeyPair(protocol.parse_key_text((state / "agent.key").read_text()))
-        runs = [one_run(args.python, src, state, keys, ip, port) for _ in range(args.runs)]
-        times = [wall * 1000 for wall, _ in runs]
-        cpu = [used * 1000 for _, used in runs]
-        loads = [registry_load_ms(args.python, src) for _ in range(args.runs)]
+        cases = (("as the role installs it (bytecode compiled at install)", installed),
+                 ("without bytecode (every module compiled at each start)", bare))
+        results = {name: measure(args.python, src, state, keys, ip, port, args.runs) for name, src in cases}
+        written = sorted(str(p.relative_to(bare)) for p in bare.rglob("__pycache__"))
+        loads = [registry_load_ms(args.python, bare) for _ in range(args.runs)]
     print("python: %s (%s)" % (args.python, subprocess.run([args.python, "--version"], capture_output=True,
                                                           text=True).stdout.strip()))
-    print("agent start -> first ping reply: median %.1f ms, min %.1f, max %.1f (%d runs, %d cores)"
-          % (statistics.median(times), min(times), max(times), len(times), os.cpu_count()))
-    print("agent CPU time until that reply: median %.1f ms, min %.1f" % (statistics.median(cpu), min(cpu)))
+    for name, result in results.items():
+        times, cpu = result["wall_ms"], result["cpu_ms"]
+        print("%s:\n  agent start -> first ping reply: median %.1f ms, min %.1f, max %.1f (%d runs, %d cores)"
+              % (name, statistics.median(times), min(times), max(times), len(times), os.cpu_count()))
+        print("  agent CPU time until that reply: median %.1f ms, min %.1f" % (statistics.median(cpu), min(cpu)))
+    if written:
+        print("warning: bytecode appeared in the bare copy (%s): its figures are not bytecode-free" % ", ".join(written))
     print("agent source: %s" % args.agent_src.resolve())
     print("load_default_registry(), fresh interpreter, no bytecode: wall median %.1f ms, CPU median %.1f ms"
           " (min %.1f)" % (statistics.median(w for w, _ in loads), statistics.median(c for _, c in loads),

@@ -49,10 +49,19 @@ def test_unit_is_hardened(host):
     assert "/var/lib/mdp-agent" in values["ReadWritePaths"]
 
 
-def test_release_is_linked_without_bytecode(host):
+def test_release_is_linked_and_compiled_for_the_hosts_python(host):
+    """The role compiles a release's bytecode when it unpacks it (the agent writes none itself):
+    every module has a .pyc for the host's python3 that is current for its source."""
     current = host.file("/opt/mdp-agent/current")
     assert current.is_symlink and current.linked_to.startswith("/opt/mdp-agent/releases/")
-    assert host.run("find -L /opt/mdp-agent/current -name '__pycache__' -o -name '*.pyc'").stdout == ""
+    check = host.run(
+        "python3 -c 'import glob, importlib.util, os, sys\n"
+        "sources = glob.glob(\"/opt/mdp-agent/current/mdp_*/*.py\")\n"
+        "stale = [s for s in sources if not os.path.exists(importlib.util.cache_from_source(s))"
+        " or os.path.getmtime(importlib.util.cache_from_source(s)) < os.path.getmtime(s)]\n"
+        "print(len(sources), stale)\n"
+        "sys.exit(1 if stale or not sources else 0)'")
+    assert check.rc == 0, check.stdout + check.stderr
 
 
 def test_a_real_mdp_send_answers(host):
