@@ -228,7 +228,10 @@ INTERVAL_SAMPLE = 5
 
 
 def estimate_interval(times: list[float]) -> float:
-    """A machine's report interval from its newest receive times: the median gap (lost reports skew it less)."""
+    """A machine's report interval from the times of its newest reports: the median gap (lost reports skew
+    it less). The times are when the agent made them (reported_at): a spooled backlog drained in one
+    burst arrives at once, but was made an interval apart."""
+    times = sorted(times, reverse=True)
     gaps = sorted(a - b for a, b in zip(times, times[1:]) if a > b)
     if not gaps:
         return DEFAULT_INTERVAL_S
@@ -265,7 +268,8 @@ class FleetReader:
         if cached is not None and reports - cached[0] < INTERVAL_SAMPLE and cached[0] >= INTERVAL_SAMPLE:
             return cached[1]
         times = [row[0] for row in self.conn.execute(
-            "SELECT received_at FROM reports WHERE ip = ? ORDER BY received_at DESC LIMIT ?", (ip, INTERVAL_SAMPLE))]
+            "SELECT COALESCE(reported_at, received_at) FROM reports WHERE ip = ? ORDER BY received_at DESC LIMIT ?",
+            (ip, INTERVAL_SAMPLE))]
         value = estimate_interval(times) if len(times) >= 2 else (cached[1] if cached else DEFAULT_INTERVAL_S)
         self._intervals[ip] = (reports, value)
         return value

@@ -56,6 +56,22 @@ def test_interval_is_the_median_gap_and_up_means_within_three_of_them():
     assert is_up(100.0, 10.0, 130.0) and not is_up(100.0, 10.0, 130.1) and not is_up(None, 10.0, 0.0)
 
 
+def test_a_backlog_drained_in_one_burst_does_not_shrink_the_interval(tmp_path):
+    """An agent back from a monitor outage sends its spooled reports at once (seen in `make demo`: a machine
+    reporting every 5 s shown stale 2 s after a report); the interval comes from when they were made."""
+    store = ReportStore(tmp_path / "mdp.db")
+    for i, at in enumerate((1000.0, 1005.0, 1010.0, 1015.0)):   # the backlog: made 5 s apart, sent at once
+        store.add("10.0.0.5", dict(report(), reported_at=at), received_at=1016.0 + i / 10)
+    store.add("10.0.0.5", dict(report(), reported_at=1020.0), received_at=1020.01)   # then on time
+    store.add("10.0.0.6", report(), received_at=2000.0)   # no reported_at (older agents): receive times
+    store.add("10.0.0.6", report(), received_at=2010.0)
+    store.flush()
+    machines = {m["ip"]: m for m in FleetReader(tmp_path / "mdp.db").machines(now=1032.0)}
+    assert machines["10.0.0.5"]["interval"] == 5.0 and machines["10.0.0.5"]["up"] is True
+    assert FleetReader(tmp_path / "mdp.db").machines(now=1036.0, ip="10.0.0.5")[0]["up"] is False
+    assert machines["10.0.0.6"]["interval"] == 10.0
+
+
 def test_retention_prunes_old_reports_in_batches_and_keeps_recent_ones(tmp_path):
     store = ReportStore(tmp_path / "mdp.db")
     for i in range(4500):
