@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -55,6 +56,33 @@ class _Pending:
         self.attempt = self.tries = self.fresh_tries = self.bad_signatures = 0
         self.partial = False
         self.timer = None   # the driver's timer handle (asyncio.TimerHandle or the agent Loop's)
+
+
+class _CyclicGCPause:
+    """Pauses Python's cyclic garbage collector while any batch is in flight (nested or concurrent
+    batches share one pause; the collector resumes when the last ends, if it was on before).
+
+    A fan-out keeps thousands of requests' state alive at once, and each full collection walks all of
+    it: ~20% of the controller's CPU in a 10,000-machine round (bench/bench_fanout.py). That state is
+    freed by reference counting as replies arrive, so nothing waits for the collector meanwhile.
+    """
+
+    _lock = threading.Lock()
+    _depth = 0
+    _resume = False
+
+    def __enter__(self):
+        with self._lock:
+            if _CyclicGCPause._depth == 0:
+                _CyclicGCPause._resume = gc.isenabled()
+                gc.disable()
+            _CyclicGCPause._depth += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            _CyclicGCPause._depth -= 1
+            if _CyclicGCPause._depth == 0 and _CyclicGCPause._resume:
+                gc.enable()
 
 
 class _Batch:
@@ -187,10 +215,11 @@ class Client:
         """
         import asyncio
         finished = asyncio.get_running_loop().create_future()
-        batch, targets = self._begin(targets, operations, cluster_info, port, timeout, concurrency, progress,
-                                     lambda: finished.done() or finished.set_result(None))
-        if targets:
-            await finished
+        with _CyclicGCPause():
+            batch, targets = self._begin(targets, operations, cluster_info, port, timeout, concurrency, progress,
+                                         lambda: finished.done() or finished.set_result(None))
+            if targets:
+                await finished
         return {ip: batch.results[ip] for ip in targets}
 
     def send_blocking(self, targets: Iterable[str], operations: list, cluster_info: dict | None = None, *,
@@ -222,22 +251,16 @@ class Client:
             self._flush()
             loop.call_later(protocol.RESEND_GAP_S, tick)
 
-        # A fan-out keeps thousands of requests' state alive at once, and each full collection of the
-        # cyclic GC walks all of it: ~20% of the CPU of a 10,000-machine round (bench_fanout). That
-        # state is freed by reference counting as replies arrive, so collect only after the batch.
-        collecting = gc.isenabled()
-        gc.disable()
         try:
             loop.add_reader(sock, receive)
             loop.call_later(protocol.RESEND_GAP_S, tick)
-            batch, targets = self._begin(targets, operations, cluster_info, port, timeout, concurrency, progress,
-                                         lambda: state.update(done=True))
-            while targets and not state["done"]:
-                loop.run_once()
+            with _CyclicGCPause():
+                batch, targets = self._begin(targets, operations, cluster_info, port, timeout, concurrency,
+                                             progress, lambda: state.update(done=True))
+                while targets and not state["done"]:
+                    loop.run_once()
             return {ip: batch.results[ip] for ip in targets}
         finally:
-            if collecting:
-                gc.enable()
             loop.close()
             sock.close()
 
