@@ -209,6 +209,7 @@ class FleetMetrics:
         self.lock = threading.Lock()
         # Its own connection, so a long API read (all machines' latest values) never holds up a scrape.
         self.rows = FleetReader(db)
+        self.rows._intervals = self.reader._intervals   # one estimate per machine for both (dict ops hold the GIL)
         self.rows_lock = threading.Lock()
         self.refresh_lock = threading.Lock()  # one refresh at a time
         self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
