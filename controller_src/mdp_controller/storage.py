@@ -335,7 +335,7 @@ class FleetReader:
                 by_name[name] = value
         out = []
         addresses = set(rows) | (set(known_ips or []) if ip is None and ips is None else set())
-        for address in sorted(addresses, key=self._sort_key) if ordered else addresses:
+        for address in sorted(addresses, key=self.sort_key) if ordered else addresses:
             row = rows.get(address)
             if row is None:
                 out.append({"ip": address, "first_seen": None, "last_seen": None, "reports": 0, "status": None,
@@ -349,7 +349,8 @@ class FleetReader:
                         "latest": latest.get(address, {})})
         return out
 
-    def _sort_key(self, ip: str):
+    def sort_key(self, ip: str):
+        """ip_sort_key(ip), remembered."""
         key = self._sort_keys.get(ip)
         if key is None:
             if len(self._sort_keys) > 100_000:   # bounded: known_ips come from the key store

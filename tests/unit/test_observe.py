@@ -198,6 +198,30 @@ def test_a_machine_whose_samples_are_unchanged_keeps_its_lines_and_the_rest_are_
     assert sorted(text.splitlines()) == sorted(FleetMetrics(str(db)).exposition().decode().splitlines())
 
 
+def test_the_page_rows_are_made_again_only_for_machines_with_new_reports(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    store.add("10.0.0.5", report(load1=1.0))
+    store.add("10.0.0.10", report(), received_at=time.time() - 3600)   # long ago: down
+    store.flush()
+    app = web.FleetHttp(str(db), None, lambda: None)
+
+    def fresh():
+        return [web.machine_summary(m) for m in FleetReader(db).machines()]
+
+    rows = app.api_machines()["machines"]
+    assert [row["ip"] for row in rows] == ["10.0.0.5", "10.0.0.10"] and rows == fresh()
+    assert [row["up"] for row in rows] == [True, False]
+    kept = app._summaries["10.0.0.10"][1]
+    store.add("10.0.0.5", report(load1=2.0))
+    store.add("10.0.0.6", report())
+    store.flush()
+    rows = app.api_machines()["machines"]
+    assert rows == fresh() and [row["ip"] for row in rows] == ["10.0.0.5", "10.0.0.6", "10.0.0.10"]
+    assert rows[0]["load1"] == 2.0 and rows[0]["reports"] == 2
+    assert app._summaries["10.0.0.10"][1] is kept   # no new report: not made again
+
+
 def test_token_rules():
     with pytest.raises(web.HttpConfigError, match="not a loopback address"):
         web.check_exposure(("0.0.0.0", 9123), None)
