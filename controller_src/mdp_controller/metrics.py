@@ -180,7 +180,7 @@ class _Rendered:
 
     __slots__ = ("reports", "interval", "up_lines", "order", "samples")
 
-    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int, samples: dict):
+    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int, samples: tuple):
         self.reports, self.interval, self.up_lines, self.order = reports, interval, up_lines, order
         self.samples = samples
 
@@ -216,15 +216,14 @@ class FleetMetrics:
         self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
         self.monitor = monitor                # the running monitor's counters (monitor_snapshot), or None
         self.rendered: dict[str, _Rendered] = {}
-        self.empty = _machine_families([])[0]
-        self.names = [family.name for family in self.empty]
-        self.headers = [header for header, _ in _render(self.empty)]
+        empty = _machine_families([])[0]
+        self.names = [family.name for family in empty]
+        self.headers = [header for header, _ in _render(empty)]
         # Family name -> machine -> its lines in that family: a scrape joins each family's values in C.
         self.lines: dict[str, dict[str, str]] = {name: {} for name in self.names if name != UP}
         self._renders = 0   # a counter: which machine waited longest since its rendering
         self._refresher: threading.Thread | None = None
         self.scrapes: list[float] = []        # monotonic times of the last two scrapes
-        self.renders = 0                      # machines rendered so far (for tests and benchmarks)
 
     def _counts(self) -> dict[str, int]:
         with self.rows_lock:
@@ -267,7 +266,6 @@ class FleetMetrics:
                 self._render_machines(machines)
                 if cpu_share and not first_time:
                     time.sleep((time.thread_time() - began) * (1 / cpu_share - 1))
-            self.renders += len(changed)
             return len(changed)
 
     def _render_machines(self, machines: list[dict]):
@@ -275,7 +273,8 @@ class FleetMetrics:
         families, rows = _machine_families(machines)
         rendered = self.rendered
         # A machine's lines in a family are rendered again only when its samples there (labels and
-        # values) differ from its previous rendering's; otherwise its lines from then are kept. What is
+        # values) differ from its previous rendering's; otherwise its lines from then are kept (values
+        # compare as floats: a -0.0 after a 0.0 keeps "0.0", the same number to Prometheus). What is
         # kept of the samples is tuples of strings and floats, which the cyclic GC stops tracking.
         samples: dict[str, list] = {m["ip"]: [()] * len(families) for m in machines}
         plans = []
