@@ -216,7 +216,7 @@ class Collector(asyncio.DatagramProtocol):
             self._drop("-", "bad_payload", f"{outcome[1]} reports were not JSON objects of version 1")
         wall = _now_ms()
         for addr, keys, msg_id in outcome[2]:
-            self.endpoint.send(addr, protocol.ACK, {"ack": "report"}, keys, wall, now, msg_id, cache=False)
+            self.endpoint.send(addr, protocol.ACK, _ACK_BODY, keys, wall, now, msg_id, cache=False)
         self.stats["acked"] += len(outcome[2])
         self._transmit()
         if self.store.buffer and self._loop is not None:   # more arrived while we wrote
@@ -246,7 +246,7 @@ class Collector(asyncio.DatagramProtocol):
                 # Sent again: its ACK was lost. ACK again once stored (still buffered: the flush will).
                 self._drop(ip, "duplicate")
                 if event.kind == protocol.REPORT and protocol.hexlify(event.msg_id) not in self.store.pending:
-                    self.endpoint.send(addr, protocol.ACK, {"ack": "report"}, event.keys, _now_ms(),
+                    self.endpoint.send(addr, protocol.ACK, _ACK_BODY, event.keys, _now_ms(),
                                        time.monotonic(), event.msg_id, cache=False)
             elif event.code == "no_key":
                 self._hello_from_stranger(data, ip, addr)
@@ -394,6 +394,7 @@ class Collector(asyncio.DatagramProtocol):
 
 
 _HELLO_KIND = bytes([protocol.HELLO])
+_ACK_BODY = protocol.dump_json({"ack": "report"})   # encoded once, not for each ACK
 
 
 def _now_ms() -> int:

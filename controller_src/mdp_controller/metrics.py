@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import islice
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,10 +54,15 @@ UP_HELP = "1 while reports arrive within three of the machine's report intervals
 # scrape waits for the rendering's read connection.
 RENDER_BATCH = 250
 REFRESH_S = 1.0
-# The share of a core the background rendering may take (it sleeps in between): with more reports
-# than that renders, each machine's values are re-rendered less often (older at a scrape), but a
-# scrape stays a join of what is rendered, and mdp_machine_up is still decided at the scrape.
-RENDER_CPU_SHARE = 0.25
+# The share of a core a round of the background rendering may take (it sleeps in between): the
+# round's CPU is the same either way (once per scrape), this spreads it. A round that takes longer
+# starts earlier (RENDER_LEAD_S), and a value at a scrape is up to a round's duration old: at a
+# quarter of a core 10,000 machines took ~13 s on a busy 2-core host, at a half ~6 s.
+RENDER_CPU_SHARE = 0.5
+# The background rendering runs once per scrape (FleetMetrics): it starts this long (or twice the last
+# round's duration) before the next scrape is due, and at least this often without scrapes.
+RENDER_LEAD_S = 2.0
+RENDER_MAX_AGE_S = 60.0
 
 
 def _up_family(machines: list[dict]) -> Metric:
@@ -68,9 +74,10 @@ def _up_family(machines: list[dict]) -> Metric:
     return up
 
 
-def _machine_families(machines: list[dict]) -> tuple[list[Metric], list[list[str]]]:
-    """The per-machine families of these machines (mdp_machine_up empty: see _up_family), and for each
-    family the machine of each of its samples, in order."""
+def _machine_families(machines: list[dict]) -> tuple[list[Metric], list[list[tuple[str, tuple, float]]]]:
+    """The per-machine families of these machines, empty (mdp_machine_up among them: see _up_family),
+    and for each family its samples in order: (machine, label values, value). _filled() puts samples
+    into a copy of a family; only those not rendered before need prometheus_client's time."""
     up = GaugeMetricFamily(UP, UP_HELP, labels=["machine"])
     last = GaugeMetricFamily("mdp_machine_last_report_timestamp_seconds",
                              "When the newest report was received, seconds since the Unix epoch.", labels=["machine"])
@@ -81,7 +88,7 @@ def _machine_families(machines: list[dict]) -> tuple[list[Metric], list[list[str
     reports = CounterMetricFamily("mdp_machine_reports", "Reports stored from the machine.", labels=["machine"])
     info = GaugeMetricFamily("mdp_machine_info", "Always 1: the machine's identity from system.info, when "
                              "reported.", labels=["machine", "hostname", "agent_version", "os", "kernel"])
-    scalars = {name: GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES}
+    scalars = [GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES]
     fs_labels = ["machine", "mountpoint", "device", "fstype"]
     fs_size = GaugeMetricFamily("mdp_filesystem_size_bytes", "Filesystem size.", labels=fs_labels)
     fs_avail = GaugeMetricFamily("mdp_filesystem_available_bytes",
@@ -90,43 +97,54 @@ def _machine_families(machines: list[dict]) -> tuple[list[Metric], list[list[str
                                  labels=["machine", "interface"])
     net_tx = CounterMetricFamily("mdp_network_transmit_bytes", "Bytes sent by the interface since boot.",
                                  labels=["machine", "interface"])
-    families = [up, last, interval, ok, reports, info, *scalars.values(), fs_size, fs_avail, net_rx, net_tx]
-    owners: dict[str, list[str]] = {family.name: [] for family in families}
-
-    def add(family: Metric, labels: list[str], value: float):
-        family.add_metric(labels, value)
-        owners[family.name].append(labels[0])
+    families = [up, last, interval, ok, reports, info, *scalars, fs_size, fs_avail, net_rx, net_tx]
+    rows: list[list[tuple[str, tuple, float]]] = [[] for _ in families]
+    last_rows, interval_rows, ok_rows, reports_rows, info_rows = rows[1:6]
+    scalar_rows = rows[6:6 + len(SCALAR_GAUGES)]
+    fs_size_rows, fs_avail_rows, rx_rows, tx_rows = rows[6 + len(SCALAR_GAUGES):]
+    scalar_fields = [(operation, field, scale, out) for (_, _, operation, field, scale), out
+                     in zip(SCALAR_GAUGES, scalar_rows)]
 
     for m in machines:
         ip = m["ip"]
-        add(last, [ip], m["last_seen"])
-        add(interval, [ip], m["interval"])
-        add(ok, [ip], 1.0 if m["status"] else 0.0)
-        add(reports, [ip], float(m["reports"]))
+        labels = (ip,)
+        last_rows.append((ip, labels, m["last_seen"]))
+        interval_rows.append((ip, labels, m["interval"]))
+        ok_rows.append((ip, labels, 1.0 if m["status"] else 0.0))
+        reports_rows.append((ip, labels, float(m["reports"])))
         latest = m["latest"]
-        for name, _, operation, field, scale in SCALAR_GAUGES:
+        for operation, field, scale, out in scalar_fields:
             result = _result(latest, operation)
             value = _number(result.get(field)) if isinstance(result, dict) else None
             if value is not None:
-                add(scalars[name], [ip], value * scale)
+                out.append((ip, labels, value * scale))
         system = _result(latest, "system.info")
         if isinstance(system, dict):
             os_info = system.get("os") if isinstance(system.get("os"), dict) else {}
             kernel = system.get("kernel") if isinstance(system.get("kernel"), dict) else {}
-            add(info, [ip, str(system.get("hostname", "")), str(system.get("agent_version", "")),
-                       str(os_info.get("pretty_name", "")), str(kernel.get("release", ""))], 1.0)
+            info_rows.append((ip, (ip, str(system.get("hostname", "")), str(system.get("agent_version", "")),
+                                   str(os_info.get("pretty_name", "")), str(kernel.get("release", ""))), 1.0))
         for fs in _items(_result(latest, "filesystem.usage")):
-            labels = [ip, str(fs.get("mountpoint", "")), str(fs.get("device", "")), str(fs.get("fstype", ""))]
-            for family, field in ((fs_size, "total"), (fs_avail, "available")):
+            fs_labels = (ip, str(fs.get("mountpoint", "")), str(fs.get("device", "")), str(fs.get("fstype", "")))
+            for out, field in ((fs_size_rows, "total"), (fs_avail_rows, "available")):
                 value = _number(fs.get(field))
                 if value is not None:
-                    add(family, labels, value)
+                    out.append((ip, fs_labels, value))
         for nic in _items(_result(latest, "network.stats")):
-            for family, field in ((net_rx, "rx_bytes"), (net_tx, "tx_bytes")):
+            for out, field in ((rx_rows, "rx_bytes"), (tx_rows, "tx_bytes")):
                 value = _number(nic.get(field))
                 if value is not None:
-                    add(family, [ip, str(nic.get("name", ""))], value)
-    return families, [owners[family.name] for family in families]
+                    out.append((ip, (ip, str(nic.get("name", ""))), value))
+    return families, rows
+
+
+def _filled(family: Metric, samples) -> Metric:
+    """A new family like `family` (name, help, type, label names) holding these (labels, value) samples."""
+    copy = (CounterMetricFamily if family.type == "counter" else GaugeMetricFamily)(
+        family.name, family.documentation, labels=family._labelnames)
+    for labels, value in samples:
+        copy.add_metric(labels, value)
+    return copy
 
 
 class _Families:
@@ -157,23 +175,34 @@ def _render(families: list[Metric]) -> list[tuple[str, list[str]]]:
 
 
 class _Rendered:
-    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines)."""
+    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines), and its
+    samples as rendered (per family, ((labels, value), ...)): a family's unchanged ones are not rendered again."""
 
-    __slots__ = ("reports", "interval", "up_lines", "order")
+    __slots__ = ("reports", "interval", "up_lines", "order", "samples")
 
-    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int):
+    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int, samples: tuple):
         self.reports, self.interval, self.up_lines, self.order = reports, interval, up_lines, order
+        self.samples = samples
 
 
 class FleetMetrics:
     """The /metrics exposition: every machine's latest values from the database, and the monitor's counters.
 
     At 10,000 machines that is ~150,000 samples, seconds of prometheus_client rendering. So each
-    machine's samples are rendered by prometheus_client after its new reports (refresh(): a
-    background thread of the HTTP process, start_refresher, within RENDER_CPU_SHARE of a core, the
-    longest-waiting machines first), and a scrape joins the rendered lines under each family's
-    header. mdp_machine_up is decided at the scrape, from the machines table as it is then.
-    Without the background thread (tests, one-off use) a scrape renders everything new first.
+    machine's samples are rendered by prometheus_client ahead of the scrape (refresh(), run by a
+    background thread of the HTTP process, start_refresher), and a scrape joins the rendered lines
+    under each family's header. mdp_machine_up is decided at the scrape, from the machines table as
+    it is then. Where a machine's samples in a family (labels and values) are those of its previous
+    rendering, its lines there (prometheus_client's, from then) are kept; only the others are rendered.
+
+    When: a machine is rendered as soon as it first reports (until then it is missing from
+    /metrics). After that the background thread renders the machines with new reports once per
+    scrape, not once per report (a fleet reporting every 10 s and scraped every 15 s was rendered
+    1.5 times for each scrape, the machines' share of the HTTP process's CPU): the round starts
+    RENDER_LEAD_S (or twice the last round's duration) before the next scrape is due, as the gap
+    between the last two scrapes foretells, so a scrape sees values only seconds old. Without
+    scrapes, every RENDER_MAX_AGE_S. Without the background thread (tests, one-off use) a scrape
+    renders everything new first.
     """
 
     def __init__(self, db: str, monitor: Callable[[], dict | None] = lambda: None):
@@ -181,6 +210,7 @@ class FleetMetrics:
         self.lock = threading.Lock()
         # Its own connection, so a long API read (all machines' latest values) never holds up a scrape.
         self.rows = FleetReader(db)
+        self.rows._intervals = self.reader._intervals   # one estimate per machine for both (dict ops hold the GIL)
         self.rows_lock = threading.Lock()
         self.refresh_lock = threading.Lock()  # one refresh at a time
         self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
@@ -193,16 +223,26 @@ class FleetMetrics:
         self.lines: dict[str, dict[str, str]] = {name: {} for name in self.names if name != UP}
         self._renders = 0   # a counter: which machine waited longest since its rendering
         self._refresher: threading.Thread | None = None
+        self.scrapes: list[float] = []        # monotonic times of the last two scrapes
 
-    def refresh(self, cpu_share: float | None = None) -> int:
+    def _counts(self) -> dict[str, int]:
+        with self.rows_lock:
+            return dict(self.rows.conn.execute("SELECT ip, reports FROM machines").fetchall())
+
+    def refresh(self, cpu_share: float | None = None, new_only: bool = False) -> int:
         """Render the machines with reports since their last rendering; returns how many.
 
+        new_only: only machines never rendered (and forget machines no longer in the database).
         cpu_share: sleep between batches so the rendering takes at most that share of a core (but not
         after machines rendered for the first time: until then they are missing from /metrics).
         """
         with self.refresh_lock:
-            with self.rows_lock:
-                counts = {row[0]: row[1] for row in self.rows.conn.execute("SELECT ip, reports FROM machines")}
+            if new_only:   # machines only come (none is deleted): the count says whether any is new
+                with self.rows_lock:
+                    count = self.rows.conn.execute("SELECT COUNT(*) FROM machines").fetchone()[0]
+                if count == len(self.rendered):
+                    return 0
+            counts = self._counts()
             gone = [ip for ip in self.rendered if ip not in counts]
             if gone:
                 with self.render_lock:
@@ -211,8 +251,12 @@ class FleetMetrics:
                         for by_machine in self.lines.values():
                             by_machine.pop(ip, None)
             rendered = self.rendered
-            changed = [ip for ip, reports in counts.items() if ip not in rendered or rendered[ip].reports != reports]
-            changed.sort(key=lambda ip: rendered[ip].order if ip in rendered else -1)
+            if new_only:
+                changed = [ip for ip in counts if ip not in rendered]
+            else:
+                changed = [ip for ip, reports in counts.items()
+                           if ip not in rendered or rendered[ip].reports != reports]
+                changed.sort(key=lambda ip: rendered[ip].order if ip in rendered else -1)
             for start in range(0, len(changed), RENDER_BATCH):
                 began = time.thread_time()
                 batch = changed[start:start + RENDER_BATCH]
@@ -226,40 +270,69 @@ class FleetMetrics:
 
     def _render_machines(self, machines: list[dict]):
         machines = [m for m in machines if m["last_seen"] is not None]
-        families, owners = _machine_families(machines)
+        families, rows = _machine_families(machines)
+        rendered = self.rendered
+        # A machine's lines in a family are rendered again only when its samples there (labels and
+        # values) differ from its previous rendering's; otherwise its lines from then are kept (values
+        # compare as floats: a -0.0 after a 0.0 keeps "0.0", the same number to Prometheus). What is
+        # kept of the samples is tuples of strings and floats, which the cyclic GC stops tracking.
+        samples: dict[str, list] = {m["ip"]: [()] * len(families) for m in machines}
+        plans = []
+        to_render: list[Metric] = []
+        for index, (family, family_rows) in enumerate(zip(families, rows)):
+            by_machine: dict[str, list] = {}
+            for ip, labels, value in family_rows:
+                by_machine.setdefault(ip, []).append((labels, value))
+            old = self.lines.get(family.name, {})
+            todo = []
+            plan = []
+            for ip, current in by_machine.items():
+                current = tuple(current)
+                samples[ip][index] = current
+                previous = rendered.get(ip)
+                if previous is not None and previous.samples[index] == current and ip in old:
+                    plan.append((ip, old[ip]))
+                else:
+                    plan.append((ip, len(current)))
+                    todo.extend(current)
+            plans.append((family.name, plan))
+            to_render.append(_filled(family, todo) if todo else None)
+        fresh = iter(_render([family for family in to_render if family is not None]))
         new_lines = []
-        for family, (_, rendered), owner in zip(families, _render(families), owners):
-            found: dict[str, list[str]] = {}
-            for ip, line in zip(owner, rendered):
-                found.setdefault(ip, []).append(line)
-            new_lines.append((family.name, {ip: "".join(lines) for ip, lines in found.items()}))
-        known = [m for m in machines if m["ip"] in self.rendered]
-        new = [m for m in machines if m["ip"] not in self.rendered]
+        for (name, plan), family in zip(plans, to_render):
+            made = iter(next(fresh)[1]) if family is not None else iter(())
+            new_lines.append((name, {ip: lines if isinstance(lines, str) else "".join(islice(made, lines))
+                                     for ip, lines in plan}))
+        known = [m for m in machines if m["ip"] in rendered]
+        new = [m for m in machines if m["ip"] not in rendered]
         up = _render([_up_family(new)])[0][1]   # the label set never changes: rendered once per machine
         with self.render_lock:
-            for name, found in new_lines:
+            for name, by_ip in new_lines:
                 if name == UP:
                     continue
                 by_machine = self.lines[name]
                 for m in machines:   # a value the new report lacks disappears with it
-                    lines = found.get(m["ip"])
+                    lines = by_ip.get(m["ip"])
                     if lines is None:
                         by_machine.pop(m["ip"], None)
                     else:
                         by_machine[m["ip"]] = lines
             for m in known:
-                entry = self.rendered[m["ip"]]
+                entry = rendered[m["ip"]]
                 entry.reports, entry.interval, entry.order = m["reports"], m["interval"], self._renders
+                entry.samples = tuple(samples[m["ip"]])
                 self._renders += 1
             for index, m in enumerate(new):
-                self.rendered[m["ip"]] = _Rendered(m["reports"], m["interval"], (up[2 * index], up[2 * index + 1]),
-                                                   self._renders)
+                rendered[m["ip"]] = _Rendered(m["reports"], m["interval"], (up[2 * index], up[2 * index + 1]),
+                                              self._renders, tuple(samples[m["ip"]]))
                 self._renders += 1
 
     def exposition(self) -> bytes:
         """The whole /metrics body (the classic text format)."""
         if self._refresher is None:
             self.refresh()
+        else:
+            self.scrapes = [*self.scrapes[-1:], time.monotonic()]
         now = time.time()
         with self.rows_lock:
             last_seen = self.rows.conn.execute("SELECT ip, last_seen FROM machines").fetchall()
@@ -279,15 +352,30 @@ class FleetMetrics:
         own = generate_latest(_Families(list(self._monitor_families(len(last_seen), db_bytes))))
         return "".join(parts).encode() + own
 
+    def round_due(self, round_started: float, round_took: float, now: float) -> bool:
+        """Whether the background thread renders the changed machines now (see the class's doc)."""
+        if now - round_started >= RENDER_MAX_AGE_S:
+            return True
+        if not self.scrapes or self.scrapes[-1] <= round_started:
+            return False   # no scrape since the last round: its lines have not been served yet
+        gap = self.scrapes[-1] - self.scrapes[0] if len(self.scrapes) > 1 else 0.0
+        return now >= self.scrapes[-1] + gap - max(RENDER_LEAD_S, 2 * round_took)
+
     def start_refresher(self, every: float | None = None) -> threading.Thread:
         """Keep the rendered lines current from a daemon thread, so a scrape only joins them."""
         every = REFRESH_S if every is None else every
 
         def run():
+            round_started, round_took = -RENDER_MAX_AGE_S, 0.0
             while True:
                 started = time.monotonic()
                 try:
-                    self.refresh(RENDER_CPU_SHARE)
+                    if self.round_due(round_started, round_took, started):
+                        round_started = started
+                        self.refresh(RENDER_CPU_SHARE)
+                        round_took = time.monotonic() - started
+                    else:
+                        self.refresh(new_only=True)
                 except Exception:   # a bad moment of the database must not end the rendering for good
                     log.exception("rendering the machines' metrics failed; retrying")
                 time.sleep(max(0.0, every - (time.monotonic() - started)))

@@ -13,7 +13,7 @@ from integration.harness import wait_for
 
 from mdp_controller import web
 from mdp_controller.cli import _duration, human_duration
-from mdp_controller.metrics import FleetMetrics
+from mdp_controller.metrics import RENDER_LEAD_S, RENDER_MAX_AGE_S, FleetMetrics
 from mdp_controller.retention import Pruner
 from mdp_controller.storage import (
     DEFAULT_INTERVAL_S,
@@ -163,6 +163,79 @@ def test_with_the_background_renderer_a_scrape_decides_up_from_the_database_as_i
     text = metrics.exposition().decode()   # no rendering at the scrape: the reports count is the old one
     assert 'mdp_machine_up{machine="10.0.0.5"} 1.0' in text
     assert 'mdp_machine_reports_total{machine="10.0.0.5"} 1.0' in text
+
+
+def test_the_background_renderer_renders_changed_machines_once_per_scrape_before_it_is_due(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    store.add("10.0.0.5", report())
+    store.flush()
+    metrics = FleetMetrics(str(db))
+    # Without a scrape, a round only every RENDER_MAX_AGE_S; a new machine is rendered at once.
+    assert not metrics.round_due(100.0, 0.0, 101.0) and metrics.round_due(100.0, 0.0, 100.0 + RENDER_MAX_AGE_S)
+    assert metrics.refresh(new_only=True) == 1 and metrics.refresh(new_only=True) == 0
+    store.add("10.0.0.5", report(load1=3.0))
+    store.add("10.0.0.6", report())
+    store.flush()
+    assert metrics.refresh(new_only=True) == 1        # 10.0.0.6 only: 10.0.0.5 waits for its round
+    assert metrics.lines["mdp_load1"]["10.0.0.5"] == 'mdp_load1{machine="10.0.0.5"} 0.5\n'
+    assert metrics.refresh() == 1                     # the round renders it
+    assert metrics.lines["mdp_load1"]["10.0.0.5"] == 'mdp_load1{machine="10.0.0.5"} 3.0\n'
+    # With scrapes 15 s apart, the next round starts RENDER_LEAD_S (or twice the last round's time)
+    # before the next scrape is due; never twice for one scrape.
+    metrics.scrapes = [1000.0]
+    assert metrics.round_due(990.0, 0.0, 1000.0)      # no gap known yet: at once after the first scrape
+    assert not metrics.round_due(1000.0, 0.5, 1010.0)  # a round since the last scrape: none again
+    metrics.scrapes = [1000.0, 1015.0]
+    assert not metrics.round_due(1000.0, 0.5, 1020.0)
+    assert metrics.round_due(1000.0, 0.5, 1015.0 + 15.0 - RENDER_LEAD_S)
+    assert not metrics.round_due(1000.0, 4.0, 1015.0 + 15.0 - 8.5)
+    assert metrics.round_due(1000.0, 4.0, 1015.0 + 15.0 - 8.0)   # a long round starts earlier
+
+
+def test_a_machine_whose_samples_are_unchanged_keeps_its_lines_and_the_rest_are_new(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    now = time.time()
+    store.add("10.0.0.5", report(load1=1.0), received_at=now - 20)
+    store.add("10.0.0.6", report(load1=1.0), received_at=now - 20)
+    store.flush()
+    metrics = FleetMetrics(str(db))
+    metrics.refresh()
+    kept = metrics.lines["mdp_memory_total_bytes"]["10.0.0.5"]
+    store.add("10.0.0.5", report(load1=2.0), received_at=now - 10)
+    store.add("10.0.0.6", report(load1=-0.0), received_at=now - 10)
+    store.flush()
+    assert metrics.refresh() == 2
+    assert metrics.lines["mdp_memory_total_bytes"]["10.0.0.5"] is kept   # the same line object: not rendered
+    text = metrics.exposition().decode()
+    assert 'mdp_load1{machine="10.0.0.5"} 2.0' in text and 'mdp_load1{machine="10.0.0.6"} -0.0' in text
+    assert 'mdp_machine_reports_total{machine="10.0.0.5"} 2.0' in text
+    assert sorted(text.splitlines()) == sorted(FleetMetrics(str(db)).exposition().decode().splitlines())
+
+
+def test_the_page_rows_are_made_again_only_for_machines_with_new_reports(tmp_path):
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    store.add("10.0.0.5", report(load1=1.0))
+    store.add("10.0.0.10", report(), received_at=time.time() - 3600)   # long ago: down
+    store.flush()
+    app = web.FleetHttp(str(db), None, lambda: None)
+
+    def fresh():
+        return [web.machine_summary(m) for m in FleetReader(db).machines()]
+
+    rows = app.api_machines()["machines"]
+    assert [row["ip"] for row in rows] == ["10.0.0.5", "10.0.0.10"] and rows == fresh()
+    assert [row["up"] for row in rows] == [True, False]
+    kept = app._summaries["10.0.0.10"][1]
+    store.add("10.0.0.5", report(load1=2.0))
+    store.add("10.0.0.6", report())
+    store.flush()
+    rows = app.api_machines()["machines"]
+    assert rows == fresh() and [row["ip"] for row in rows] == ["10.0.0.5", "10.0.0.6", "10.0.0.10"]
+    assert rows[0]["load1"] == 2.0 and rows[0]["reports"] == 2
+    assert app._summaries["10.0.0.10"][1] is kept   # no new report: not made again
 
 
 def test_token_rules():
