@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -119,6 +120,10 @@ class Fleet:
 def library_round(ips: list[str], known_machines: Path, timeout: float, fleet: Fleet, blocking: bool = False) -> dict:
     """One send_many (or send_sync); also the CPU seconds it cost this process (the controller) and the agents."""
     from mdp_controller.client import send_many, send_sync
+    # Untimed: the previous round's garbage is collected first, so each round starts as a fresh
+    # `mdp send` process does (the client pauses the cyclic GC during a batch; what it defers would
+    # otherwise be charged to whichever round comes next).
+    gc.collect()
     agents_cpu = fleet.cpu_seconds()
     cpu, start = time.process_time(), time.perf_counter()
     if blocking:
