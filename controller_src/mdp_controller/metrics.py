@@ -209,8 +209,7 @@ class FleetMetrics:
         self.reader = FleetReader(db)         # web.py's API reads through this one, under self.lock
         self.lock = threading.Lock()
         # Its own connection, so a long API read (all machines' latest values) never holds up a scrape.
-        self.rows = FleetReader(db)
-        self.rows._intervals = self.reader._intervals   # one estimate per machine for both (dict ops hold the GIL)
+        self.rows = FleetReader(db, share_intervals_with=self.reader)
         self.rows_lock = threading.Lock()
         self.refresh_lock = threading.Lock()  # one refresh at a time
         self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined

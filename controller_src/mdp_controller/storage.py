@@ -84,7 +84,9 @@ class ReportStore:
     # Events kept (enrolments, key mismatches): a capped table, since strangers can trigger them.
     MAX_EVENTS = 1000
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, share_intervals_with: FleetReader | None = None):
+        """share_intervals_with: another reader of the same database whose interval estimates this one
+        uses and adds to (one estimate per machine for both; dict operations hold the GIL)."""
         self.path = path
         self.conn = connect(path)
         self.buffer: list[tuple] = []
@@ -280,14 +282,18 @@ class FleetReader:
     reports, so a scrape of 10,000 machines costs a few queries, not 10,000.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, share_intervals_with: FleetReader | None = None):
+        """share_intervals_with: another reader of the same database whose interval estimates this one
+        uses and adds to (one estimate per machine for both; dict operations hold the GIL)."""
         self.path = path
         if not Path(path).exists():
             raise FileNotFoundError(f"no database at {path} (start `mdp monitor --db {path}` first)")
         # Shared by the HTTP threads under the caller's lock; read-only, so it never blocks the writer.
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
-        self._intervals: dict[str, tuple[int, float]] = {}   # ip -> (report count when estimated, interval)
+        # ip -> (report count when estimated, interval)
+        self._intervals: dict[str, tuple[int, float]] = (
+            share_intervals_with._intervals if share_intervals_with is not None else {})
         self._sort_keys: dict[str, tuple] = {}               # ip -> ip_sort_key(ip): no ipaddress per request
 
     def close(self):
