@@ -44,9 +44,7 @@ def meminfo(fields=None):
         result = {}
         for line in text.splitlines():
             key, _, rest = line.partition(":")
-            if rest.endswith(" kB"):     # nearly every line: one int() of "   16384" and no split
-                result[key.strip()] = int(rest[:-3]) * 1024
-            elif rest.strip():
+            if rest.strip():
                 result[key.strip()] = _meminfo_value(rest)
         return result
     text = "\n" + text   # every field then starts after a newline, so "Cached" never matches "SwapCached"
