@@ -8,7 +8,8 @@ before/after comparison under the same machine load.
 Two copies of the agent are measured: one with its bytecode compiled as the role compiles a
 release when it unpacks it, one without any. Each run starts a fresh agent on 127.10.250.1 (a key
 made beforehand with --init-only, so key creation is not counted), sends a signed ping every 2 ms
-until the reply verifies, and records the time from spawning the process to that reply. Prints the median and the spread; never fails on timing.
+until the reply verifies, and records the time from spawning the process to that reply. Prints
+the median and the spread; never fails on timing.
 Also prints how long loading the operation registry alone takes in a fresh interpreter.
 """
 
