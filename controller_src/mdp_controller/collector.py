@@ -443,6 +443,7 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
     collector = Collector(keystore, store, accept_new)
     collector.connection_made(_SocketSender(sock))
     collector.use_writer_thread(loop)
+    store.checkpoint_in_background()
     if on_start is not None:
         on_start(collector)
 
@@ -468,4 +469,4 @@ async def serve(listen: tuple[str, int], keystore: KeyStore, db: str, accept_new
         loop.remove_reader(sock.fileno())
         collector.close()
         sock.close()
-        store.conn.close()
+        store.close()
