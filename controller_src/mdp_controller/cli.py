@@ -233,13 +233,13 @@ def cmd_monitor(args) -> int:
 
     def on_start(monitor):
         """Beside the collector, on its loop: retention; in a child process: the HTTP side."""
-        pruner = running["pruner"] = Pruner(monitor.store, args.retention, in_writer=monitor.in_writer)
+        pruner = running["pruner"] = Pruner(monitor.store, args.retention)
         running["task"] = asyncio.get_running_loop().create_task(pruner.run())
         if args.http:
             running["binding"] = "%s:%d (http)" % args.http
             process, url = web.start_process(args.http, args.db, token, lambda: monitor_snapshot(monitor, pruner))
             running["http"] = process
-            monitor._db(set_monitor_info, monitor.store.conn, {"url": url, "pid": os.getpid()})
+            set_monitor_info(monitor.store.conn, {"url": url, "pid": os.getpid()})
 
     try:
         asyncio.run(collector.serve(listen, KeyStore(args.known_machines), args.db, args.accept_new,

@@ -1,7 +1,7 @@
 """Retention: reports older than the configured period are deleted a small batch at a time.
 
-Runs with the collector's own connection on its writer thread (between commits of reports), so it
-never waits for a write lock and never holds one for more than one batch (a few milliseconds).
+Runs with the collector's own connection on its loop (between commits of reports), so it never
+waits for a write lock and never holds one, or the loop, for more than one batch (a few milliseconds).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ IDLE_PAUSE_S = 30.0   # once caught up: a report crosses the retention line at m
 
 
 class Pruner:
-    def __init__(self, store: ReportStore, retention_s: float = DEFAULT_RETENTION_S, batch: int = PRUNE_BATCH,
-                 in_writer=None):
+    def __init__(self, store: ReportStore, retention_s: float = DEFAULT_RETENTION_S, batch: int = PRUNE_BATCH):
         self.store = store
-        self.in_writer = in_writer   # async runner of a database call on the writer thread (None: inline)
         self.retention_s = retention_s
         self.batch = batch
         self.pruned = 0
@@ -38,7 +36,7 @@ class Pruner:
     async def run(self):
         while True:
             try:
-                deleted = await self.in_writer(self.step) if self.in_writer else self.step()
+                deleted = self.step()
             except sqlite3.Error as exc:   # a locked or full disk: try again later, ingest goes on
                 log.warning("cannot prune old reports: %s", exc)
                 deleted = 0

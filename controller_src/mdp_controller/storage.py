@@ -69,7 +69,7 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"unable to open database file: {exc.strerror}") from None
         # A locked database is waited on for 0.25 s, not sqlite3's 5 s: the receive loop must not stall;
         # the collector retries with backoff and keeps reports unacknowledged meanwhile.
-        conn = sqlite3.connect(str(path), timeout=0.25, check_same_thread=False)   # used by one writer thread
+        conn = sqlite3.connect(str(path), timeout=0.25, check_same_thread=False)   # one thread at a time
         conn.execute("PRAGMA journal_mode=WAL")      # readers (mdp status) never block the collector
         conn.execute("PRAGMA synchronous=NORMAL")    # WAL + NORMAL: durable at checkpoints, fast commits
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
@@ -141,7 +141,7 @@ class ReportStore:
         return found
 
     def take(self) -> list:
-        """The buffered reports, handed to write() (on the writer thread); the buffer starts anew."""
+        """The buffered reports, handed to write(); the buffer starts anew."""
         batch, self.buffer = self.buffer, []
         return batch
 
@@ -150,7 +150,7 @@ class ReportStore:
         self.buffer[:0] = batch
 
     def committed(self, batch: list, outcome: tuple[int, int, list]):
-        """Bookkeeping after write() succeeded (on the thread that owns the buffer)."""
+        """Bookkeeping after write() succeeded."""
         stored, refused, _ = outcome
         self.pending.difference_update(row[4] for row in batch)
         self.stored += stored
