@@ -12,10 +12,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from itertools import islice
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from .storage import FleetReader, is_up
 
@@ -175,14 +175,15 @@ def _render(families: list[Metric]) -> list[tuple[str, list[str]]]:
 
 
 class _Rendered:
-    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines), and its
-    samples as rendered (per family, ((labels, value), ...)): a family's unchanged ones are not rendered again."""
+    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines), and the
+    prefixes of its samples' lines (per family, {label values: 'name{labels} '}) as prometheus_client
+    rendered them: a label set the machine had before is not rendered again."""
 
-    __slots__ = ("reports", "interval", "up_lines", "order", "samples")
+    __slots__ = ("reports", "interval", "up_lines", "order", "prefixes")
 
-    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int, samples: tuple):
+    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int, prefixes: tuple):
         self.reports, self.interval, self.up_lines, self.order = reports, interval, up_lines, order
-        self.samples = samples
+        self.prefixes = prefixes
 
 
 class FleetMetrics:
@@ -271,45 +272,49 @@ class FleetMetrics:
         machines = [m for m in machines if m["last_seen"] is not None]
         families, rows = _machine_families(machines)
         rendered = self.rendered
-        # A machine's lines in a family are rendered again only when its samples there (labels and
-        # values) differ from its previous rendering's; otherwise its lines from then are kept (values
-        # compare as floats: a -0.0 after a 0.0 keeps "0.0", the same number to Prometheus). What is
-        # kept of the samples is tuples of strings and floats, which the cyclic GC stops tracking.
-        samples: dict[str, list] = {m["ip"]: [()] * len(families) for m in machines}
-        plans = []
-        to_render: list[Metric] = []
-        for index, (family, family_rows) in enumerate(zip(families, rows)):
-            by_machine: dict[str, list] = {}
-            for ip, labels, value in family_rows:
-                by_machine.setdefault(ip, []).append((labels, value))
-            old = self.lines.get(family.name, {})
-            todo = []
-            plan = []
-            for ip, current in by_machine.items():
-                current = tuple(current)
-                samples[ip][index] = current
+        # A sample's line is prometheus_client's: the prefix it renders for the label set ('name{labels} ',
+        # names and values escaped) and the value as it formats it (floatToGoString), the bytes a
+        # rendering of the whole family gives (a test compares them). Values change with every report,
+        # label sets seldom: prometheus_client renders only the label sets a machine did not have at
+        # its previous rendering (a new machine, a new mountpoint).
+        empty: dict = {}
+        missing: list[list] = [[] for _ in families]
+        for index, family_rows in enumerate(rows):
+            if index == 0:   # mdp_machine_up: rendered once per machine (_up_family)
+                continue
+            for ip, labels, _ in family_rows:
                 previous = rendered.get(ip)
-                if previous is not None and previous.samples[index] == current and ip in old:
-                    plan.append((ip, old[ip]))
-                else:
-                    plan.append((ip, len(current)))
-                    todo.extend(current)
-            plans.append((family.name, plan))
-            to_render.append(_filled(family, todo) if todo else None)
-        fresh = iter(_render([family for family in to_render if family is not None]))
-        new_lines = []
-        for (name, plan), family in zip(plans, to_render):
-            made = iter(next(fresh)[1]) if family is not None else iter(())
-            new_lines.append((name, {ip: lines if isinstance(lines, str) else "".join(islice(made, lines))
-                                     for ip, lines in plan}))
+                if labels not in (previous.prefixes[index] if previous is not None else empty):
+                    missing[index].append(labels)
+        fresh: list[dict] = [{} for _ in families]
+        to_render = [(index, _filled(families[index], [(labels, 0.0) for labels in dict.fromkeys(labels_list)]))
+                     for index, labels_list in enumerate(missing) if labels_list]
+        for (index, family), (_, lines) in zip(to_render, _render([family for _, family in to_render])):
+            for sample, line in zip(family.samples, lines):
+                fresh[index][tuple(sample.labels[name] for name in family._labelnames)] = line[:line.rindex(" ") + 1]
+        prefixes = {m["ip"]: [empty] * len(families) for m in machines}
+        new_lines: list[dict[str, str]] = [{} for _ in families]
+        for index, family_rows in enumerate(rows):
+            if index == 0:
+                continue
+            parts: dict[str, list[str]] = {}
+            for ip, labels, value in family_rows:
+                mine = prefixes[ip][index]
+                if mine is empty:
+                    mine = prefixes[ip][index] = {}
+                previous = rendered.get(ip)
+                prefix = previous.prefixes[index].get(labels) if previous is not None else None
+                if prefix is None:
+                    prefix = fresh[index][labels]
+                mine[labels] = prefix
+                parts.setdefault(ip, []).append(prefix + floatToGoString(value) + "\n")
+            new_lines[index] = {ip: "".join(lines) for ip, lines in parts.items()}
         known = [m for m in machines if m["ip"] in rendered]
         new = [m for m in machines if m["ip"] not in rendered]
         up = _render([_up_family(new)])[0][1]   # the label set never changes: rendered once per machine
         with self.render_lock:
-            for name, by_ip in new_lines:
-                if name == UP:
-                    continue
-                by_machine = self.lines[name]
+            for family, by_ip in zip(families[1:], new_lines[1:]):
+                by_machine = self.lines[family.name]
                 for m in machines:   # a value the new report lacks disappears with it
                     lines = by_ip.get(m["ip"])
                     if lines is None:
@@ -319,11 +324,11 @@ class FleetMetrics:
             for m in known:
                 entry = rendered[m["ip"]]
                 entry.reports, entry.interval, entry.order = m["reports"], m["interval"], self._renders
-                entry.samples = tuple(samples[m["ip"]])
+                entry.prefixes = tuple(prefixes[m["ip"]])
                 self._renders += 1
             for index, m in enumerate(new):
                 rendered[m["ip"]] = _Rendered(m["reports"], m["interval"], (up[2 * index], up[2 * index + 1]),
-                                              self._renders, tuple(samples[m["ip"]]))
+                                              self._renders, tuple(prefixes[m["ip"]]))
                 self._renders += 1
 
     def exposition(self) -> bytes:

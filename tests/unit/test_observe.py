@@ -193,7 +193,7 @@ def test_the_background_renderer_renders_changed_machines_once_per_scrape_before
     assert metrics.round_due(1000.0, 4.0, 1015.0 + 15.0 - 8.0)   # a long round starts earlier
 
 
-def test_a_machine_whose_samples_are_unchanged_keeps_its_lines_and_the_rest_are_new(tmp_path):
+def test_prometheus_client_renders_a_label_set_once_and_later_values_reuse_its_prefix(tmp_path):
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
     now = time.time()
@@ -202,16 +202,50 @@ def test_a_machine_whose_samples_are_unchanged_keeps_its_lines_and_the_rest_are_
     store.flush()
     metrics = FleetMetrics(str(db))
     metrics.refresh()
-    kept = metrics.lines["mdp_memory_total_bytes"]["10.0.0.5"]
-    store.add("10.0.0.5", report(load1=2.0), received_at=now - 10)
+    memory = metrics.names.index("mdp_memory_total_bytes")
+    filesystem = metrics.names.index("mdp_filesystem_size_bytes")
+    kept = metrics.rendered["10.0.0.5"].prefixes[memory][("10.0.0.5",)]
+    assert kept == 'mdp_memory_total_bytes{machine="10.0.0.5"} '
+    store.add("10.0.0.5", report(load1=2.0, mountpoint="/srv"), received_at=now - 10)
     store.add("10.0.0.6", report(load1=-0.0), received_at=now - 10)
     store.flush()
     assert metrics.refresh() == 2
-    assert metrics.lines["mdp_memory_total_bytes"]["10.0.0.5"] is kept   # the same line object: not rendered
+    assert metrics.rendered["10.0.0.5"].prefixes[memory][("10.0.0.5",)] is kept   # not rendered again
+    assert list(metrics.rendered["10.0.0.5"].prefixes[filesystem]) == [("10.0.0.5", "/srv", "/dev/x", "ext4")]
     text = metrics.exposition().decode()
     assert 'mdp_load1{machine="10.0.0.5"} 2.0' in text and 'mdp_load1{machine="10.0.0.6"} -0.0' in text
     assert 'mdp_machine_reports_total{machine="10.0.0.5"} 2.0' in text
     assert sorted(text.splitlines()) == sorted(FleetMetrics(str(db)).exposition().decode().splitlines())
+
+
+def test_the_exposition_is_byte_for_byte_what_prometheus_client_renders_of_the_whole_families(tmp_path):
+    """The spliced lines (a prefix rendered once, the value formatted per report) against a plain
+    generate_latest of every family, with values that exercise the float formatting and labels that
+    need escaping."""
+    from prometheus_client import generate_latest
+
+    from mdp_controller.metrics import UP, _Families, _machine_families
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    values = [0.0, -0.0, 1.0, 0.1, 1e-7, 123456789.0, 1e21, 2.5e15, 7, 10 ** 17, 3.14159]
+    nic = {"name": "network.stats", "result": [{"name": 'e"th\\0\n', "rx_bytes": 10 ** 13, "tx_bytes": 1e-3}]}
+    for round_ in range(3):
+        for i, value in enumerate(values):
+            store.add("10.0.0.%d" % i, report(load1=value * (round_ + 1), mountpoint='/m "%d"\\x' % (i % 3),
+                                              extra=[nic]))
+        store.flush()
+        metrics = FleetMetrics(str(db)) if round_ == 0 else metrics
+        metrics.refresh()
+    families, rows = _machine_families(FleetReader(db).machines())
+    for family, family_rows in zip(families, rows):
+        for _, labels, value in family_rows:
+            family.add_metric(labels, value)
+    expected = generate_latest(_Families([f for f in families if f.name != UP])).decode()
+    body = metrics.exposition().decode()
+    def sample_lines(text):
+        return sorted(line for line in text.splitlines() if line and not line.startswith(("#", "mdp_machine_up{",
+                      "mdp_monitor_", "mdp_machine_report_interval")))
+    assert sample_lines(body) == sample_lines(expected) and len(sample_lines(body)) > 100
 
 
 def test_the_page_rows_are_made_again_only_for_machines_with_new_reports(tmp_path):
