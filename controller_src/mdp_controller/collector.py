@@ -42,7 +42,10 @@ log = logging.getLogger("mdp.monitor")
 FLUSH_GAP_S = 0.1
 FLUSH_EARLY = 32
 FLUSH_INTERVAL_S = 0.2         # the background tick: RESENDs for partial reports, leftovers, retries
-FLUSH_BATCH = 5000             # or as soon as this many are waiting, mid-drain
+# A transaction holds at most FLUSH_BATCH reports (and a drain that gathers that many commits
+# mid-way): the loop waits while it commits (~80 us a report), so a backlog left by a disk that
+# refused writes goes out a batch at a time, with the socket read between batches.
+FLUSH_BATCH = 2000
 # A failed flush (disk full, database locked) is retried after 0.2 s, doubling to at most 5 s: not
 # once per datagram, which turned an outage into a storm of failing transactions.
 FLUSH_RETRY_MAX_S = 5.0
@@ -145,9 +148,13 @@ class Collector(asyncio.DatagramProtocol):
         self.flush()
 
     def close(self):
-        """Write what is buffered and ACK it."""
+        """Write what is buffered and ACK it (batch after batch, until the disk refuses)."""
         self._next_flush = 0.0
-        self.flush()
+        while self.store.buffer:
+            waiting = len(self.store.buffer)
+            self.flush()
+            if len(self.store.buffer) >= waiting:
+                break
 
     def flush(self):
         """Commit buffered reports and ACK what the transaction holds; back off while the disk refuses.
@@ -161,7 +168,7 @@ class Collector(asyncio.DatagramProtocol):
         if now < self._next_flush or not self.store.buffer:
             return
         self._last_flush = now
-        batch = self.store.take()
+        batch = self.store.take(FLUSH_BATCH)
         try:
             outcome = self.store.write(batch)
         except sqlite3.Error as exc:
@@ -191,6 +198,11 @@ class Collector(asyncio.DatagramProtocol):
             self.endpoint.send(addr, protocol.ACK, _ACK_BODY, keys, wall, now, msg_id, cache=False)
         self.stats["acked"] += len(outcome[2])
         self._transmit()
+        if self.store.buffer:   # a backlog (more than FLUSH_BATCH): its next batch once the loop has read
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:   # no loop (in-process use): the caller flushes again
+                pass
 
     async def run_flusher(self):
         while True:

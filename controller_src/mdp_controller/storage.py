@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import logging
 import os
 import sqlite3
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 from mdp_agent import protocol
 
 from .keystore import ip_sort_key
+
+log = logging.getLogger("mdp.monitor")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -51,6 +54,7 @@ VALID_REPORT = ("CASE WHEN json_valid(body) THEN json_type(body) = 'object' AND 
 # The monitor checkpoints on a thread of its own instead, every CHECKPOINT_INTERVAL_S and PASSIVE (it
 # never waits for the writer), and a page rewritten many times in an interval is copied once.
 CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_WARN_S = 60.0   # a failing checkpoint is logged at most this often
 # The WAL file is cut back to this size once a checkpoint lets SQLite start it again from the top.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -140,9 +144,12 @@ class ReportStore:
                 f"SELECT msg_id FROM reports WHERE msg_id IN ({','.join('?' * len(part))})", part))
         return found
 
-    def take(self) -> list:
-        """The buffered reports, handed to write(); the buffer starts anew."""
-        batch, self.buffer = self.buffer, []
+    def take(self, limit: int | None = None) -> list:
+        """The oldest buffered reports (all, or at most limit), handed to write(); the rest stay."""
+        if limit is None or len(self.buffer) <= limit:
+            batch, self.buffer = self.buffer, []
+        else:
+            batch, self.buffer = self.buffer[:limit], self.buffer[limit:]
         return batch
 
     def restore(self, batch: list):
@@ -250,13 +257,20 @@ class ReportStore:
         stop = threading.Event()
 
         def run():
+            warned_at = -CHECKPOINT_WARN_S
             try:
                 while not stop.wait(interval_s):
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    except sqlite3.Error as exc:
+                    except Exception as exc:   # sqlite3.Error, or anything: the thread must go on
                         self.checkpoint_error = str(exc)
+                        if time.monotonic() - warned_at >= CHECKPOINT_WARN_S:
+                            warned_at = time.monotonic()
+                            log.warning("cannot checkpoint the database's WAL (%s); it grows until a "
+                                        "checkpoint succeeds, retrying every %g s", exc, interval_s)
                     else:
+                        if self.checkpoint_error is not None:
+                            log.info("the database's WAL is checkpointed again")
                         self.checkpoint_error = None
             finally:
                 conn.close()
