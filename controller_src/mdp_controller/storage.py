@@ -54,6 +54,9 @@ VALID_REPORT = ("CASE WHEN json_valid(body) THEN json_type(body) = 'object' AND 
 # The monitor checkpoints on a thread of its own instead, every CHECKPOINT_INTERVAL_S and PASSIVE (it
 # never waits for the writer), and a page rewritten many times in an interval is copied once.
 CHECKPOINT_INTERVAL_S = 1.0
+# A locked database is waited on this long, not sqlite3's 5 s: the receive loop waits with it (commits
+# run there); the collector retries with backoff and keeps reports unacknowledged meanwhile.
+BUSY_TIMEOUT_S = 0.25
 CHECKPOINT_WARN_S = 60.0   # a failing checkpoint is logged at most this often
 # The WAL file is cut back to this size once a checkpoint lets SQLite start it again from the top.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
@@ -71,9 +74,7 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
             os.close(os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             raise sqlite3.OperationalError(f"unable to open database file: {exc.strerror}") from None
-        # A locked database is waited on for 0.25 s, not sqlite3's 5 s: the receive loop must not stall;
-        # the collector retries with backoff and keeps reports unacknowledged meanwhile.
-        conn = sqlite3.connect(str(path), timeout=0.25, check_same_thread=False)   # one thread at a time
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)   # one thread at a time
         conn.execute("PRAGMA journal_mode=WAL")      # readers (mdp status) never block the collector
         conn.execute("PRAGMA synchronous=NORMAL")    # WAL + NORMAL: durable at checkpoints, fast commits
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
@@ -127,7 +128,11 @@ class ReportStore:
         return True
 
     def event(self, ip: str | None, kind: str, message: str):
+        """Record an event, or nothing when the database is busy: events are the log's lines kept for
+        `mdp status`, and strangers can trigger them, so they never wait for a lock (the receive
+        loop would wait with them)."""
         try:
+            self.conn.execute("PRAGMA busy_timeout = 0")
             with self.conn:
                 self.conn.execute("INSERT INTO events (at, ip, kind, message) VALUES (?,?,?,?)",
                                   (time.time(), ip, kind, message))
@@ -135,6 +140,8 @@ class ReportStore:
                                   (self.MAX_EVENTS,))
         except sqlite3.Error as exc:
             self.last_error = str(exc)
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def _already_stored(self, msg_ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -253,7 +260,7 @@ class ReportStore:
         if self._checkpointer is not None:
             return
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn = sqlite3.connect(str(self.path), timeout=0.25, check_same_thread=False)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         stop = threading.Event()
 
         def run():

@@ -154,3 +154,18 @@ def test_a_monitor_checkpoints_on_its_own_thread_not_inside_the_writers_commits(
     assert store.checkpoint_error is None
     store.close()
     assert machine_status(db) and connect(db).execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 1400
+
+
+def test_an_event_is_not_recorded_rather_than_waited_for_while_the_database_is_locked(tmp_path):
+    """Events run on the receive loop and strangers can trigger them: a lock must not hold them up."""
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    blocker = sqlite3.connect(str(db))
+    blocker.execute("BEGIN EXCLUSIVE")
+    store.event("10.0.0.5", "pending", "while locked")
+    assert "locked" in (store.last_error or "")
+    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 250   # reports still wait 0.25 s
+    blocker.rollback()
+    blocker.close()
+    store.event("10.0.0.5", "pending", "after")
+    assert [r[0] for r in connect(db).execute("SELECT message FROM events")] == ["after"]
