@@ -193,8 +193,8 @@ class FleetMetrics:
     machine's samples are rendered by prometheus_client ahead of the scrape (refresh(), run by a
     background thread of the HTTP process, start_refresher), and a scrape joins the rendered lines
     under each family's header. mdp_machine_up is decided at the scrape, from the machines table as
-    it is then. Where a machine's samples in a family (labels and values) are those of its previous
-    rendering, its lines there (prometheus_client's, from then) are kept; only the others are rendered.
+    it is then. prometheus_client renders a machine's label sets once; a sample's line is that prefix
+    and the value as prometheus_client formats it (_render_machines).
 
     When: a machine is rendered as soon as it first reports (until then it is missing from
     /metrics). After that the background thread renders the machines with new reports once per
