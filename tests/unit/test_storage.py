@@ -3,6 +3,9 @@
 import os
 import sqlite3
 import stat
+import threading
+
+from integration.harness import wait_for
 
 from mdp_controller.storage import ReportStore, connect, machine_status
 
@@ -124,9 +127,6 @@ def test_reports_that_are_not_version_2_objects_are_refused_without_spoiling_the
 def test_a_monitor_checkpoints_on_its_own_thread_not_inside_the_writers_commits(tmp_path):
     """With checkpoint_in_background the writer's commits only append to the WAL; the checkpointer
     thread copies it into the database file on its interval; close() stops it."""
-    import threading
-    import time
-
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
     store.checkpoint_in_background(interval_s=3600)   # not yet: first show that commits leave the file alone
@@ -147,10 +147,8 @@ def test_a_monitor_checkpoints_on_its_own_thread_not_inside_the_writers_commits(
     store.flush()
     size_before = db.stat().st_size
     store.checkpoint_in_background(interval_s=0.05)
-    deadline = time.monotonic() + 20
-    while db.stat().st_size == size_before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert db.stat().st_size > size_before, "the checkpointer never copied the WAL into the database"
+    wait_for(lambda: db.stat().st_size > size_before, "the checkpointer to copy the WAL into the database",
+             timeout=20)
     assert store.checkpoint_error is None
     store.close()
     assert machine_status(db) and connect(db).execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 1400
