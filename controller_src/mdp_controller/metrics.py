@@ -38,14 +38,11 @@ SCALAR_GAUGES = [
 ]
 
 
+_NUMBERS = (int, float)   # exactly these: JSON's numbers (a bool is an int, and not a value here)
+
+
 def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _result(latest: dict, operation: str):
-    return latest.get(operation, {}).get("result")
+    return float(value) if value.__class__ in _NUMBERS else None
 
 
 UP = "mdp_machine_up"
@@ -65,77 +62,89 @@ RENDER_LEAD_S = 2.0
 RENDER_MAX_AGE_S = 60.0
 
 
-def _up_family(machines: list[dict]) -> Metric:
+def _up_family(ips: list[str]) -> Metric:
     """mdp_machine_up, both values for each machine (down, then up): a scrape picks one by its time."""
     up = GaugeMetricFamily(UP, UP_HELP, labels=["machine"])
-    for m in machines:
-        up.add_metric([m["ip"]], 0.0)
-        up.add_metric([m["ip"]], 1.0)
+    for ip in ips:
+        up.add_metric([ip], 0.0)
+        up.add_metric([ip], 1.0)
     return up
 
 
-def _machine_families(machines: list[dict]) -> tuple[list[Metric], list[list[tuple[str, tuple, float]]]]:
-    """The per-machine families of these machines, empty (mdp_machine_up among them: see _up_family),
-    and for each family its samples in order: (machine, label values, value). _filled() puts samples
-    into a copy of a family; only those not rendered before need prometheus_client's time."""
-    up = GaugeMetricFamily(UP, UP_HELP, labels=["machine"])
-    last = GaugeMetricFamily("mdp_machine_last_report_timestamp_seconds",
-                             "When the newest report was received, seconds since the Unix epoch.", labels=["machine"])
-    interval = GaugeMetricFamily("mdp_machine_report_interval_seconds",
-                                 "The machine's report interval, estimated from its newest reports.", labels=["machine"])
-    ok = GaugeMetricFamily("mdp_machine_report_ok", "1 if every operation in the newest report succeeded.",
-                           labels=["machine"])
-    reports = CounterMetricFamily("mdp_machine_reports", "Reports stored from the machine.", labels=["machine"])
-    info = GaugeMetricFamily("mdp_machine_info", "Always 1: the machine's identity from system.info, when "
-                             "reported.", labels=["machine", "hostname", "agent_version", "os", "kernel"])
-    scalars = [GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES]
+def _empty_families() -> list[Metric]:
+    """The per-machine families, empty, in exposition order: _samples() names them by their index here."""
     fs_labels = ["machine", "mountpoint", "device", "fstype"]
-    fs_size = GaugeMetricFamily("mdp_filesystem_size_bytes", "Filesystem size.", labels=fs_labels)
-    fs_avail = GaugeMetricFamily("mdp_filesystem_available_bytes",
-                                 "Filesystem space available to unprivileged users.", labels=fs_labels)
-    net_rx = CounterMetricFamily("mdp_network_receive_bytes", "Bytes received by the interface since boot.",
-                                 labels=["machine", "interface"])
-    net_tx = CounterMetricFamily("mdp_network_transmit_bytes", "Bytes sent by the interface since boot.",
-                                 labels=["machine", "interface"])
-    families = [up, last, interval, ok, reports, info, *scalars, fs_size, fs_avail, net_rx, net_tx]
-    rows: list[list[tuple[str, tuple, float]]] = [[] for _ in families]
-    last_rows, interval_rows, ok_rows, reports_rows, info_rows = rows[1:6]
-    scalar_rows = rows[6:6 + len(SCALAR_GAUGES)]
-    fs_size_rows, fs_avail_rows, rx_rows, tx_rows = rows[6 + len(SCALAR_GAUGES):]
-    scalar_fields = [(operation, field, scale, out) for (_, _, operation, field, scale), out
-                     in zip(SCALAR_GAUGES, scalar_rows)]
+    return [
+        _up_family([]),
+        GaugeMetricFamily("mdp_machine_last_report_timestamp_seconds",
+                          "When the newest report was received, seconds since the Unix epoch.", labels=["machine"]),
+        GaugeMetricFamily("mdp_machine_report_interval_seconds",
+                          "The machine's report interval, estimated from its newest reports.", labels=["machine"]),
+        GaugeMetricFamily("mdp_machine_report_ok", "1 if every operation in the newest report succeeded.",
+                          labels=["machine"]),
+        CounterMetricFamily("mdp_machine_reports", "Reports stored from the machine.", labels=["machine"]),
+        GaugeMetricFamily("mdp_machine_info", "Always 1: the machine's identity from system.info, when reported.",
+                          labels=["machine", "hostname", "agent_version", "os", "kernel"]),
+        *(GaugeMetricFamily(name, help_, labels=["machine"]) for name, help_, *_ in SCALAR_GAUGES),
+        GaugeMetricFamily("mdp_filesystem_size_bytes", "Filesystem size.", labels=fs_labels),
+        GaugeMetricFamily("mdp_filesystem_available_bytes", "Filesystem space available to unprivileged users.",
+                          labels=fs_labels),
+        CounterMetricFamily("mdp_network_receive_bytes", "Bytes received by the interface since boot.",
+                            labels=["machine", "interface"]),
+        CounterMetricFamily("mdp_network_transmit_bytes", "Bytes sent by the interface since boot.",
+                            labels=["machine", "interface"]),
+    ]
 
-    for m in machines:
-        ip = m["ip"]
-        labels = (ip,)
-        last_rows.append((ip, labels, m["last_seen"]))
-        interval_rows.append((ip, labels, m["interval"]))
-        ok_rows.append((ip, labels, 1.0 if m["status"] else 0.0))
-        reports_rows.append((ip, labels, float(m["reports"])))
-        latest = m["latest"]
-        for operation, field, scale, out in scalar_fields:
-            result = _result(latest, operation)
-            value = _number(result.get(field)) if isinstance(result, dict) else None
-            if value is not None:
-                out.append((ip, labels, value * scale))
-        system = _result(latest, "system.info")
-        if isinstance(system, dict):
-            os_info = system.get("os") if isinstance(system.get("os"), dict) else {}
-            kernel = system.get("kernel") if isinstance(system.get("kernel"), dict) else {}
-            info_rows.append((ip, (ip, str(system.get("hostname", "")), str(system.get("agent_version", "")),
-                                   str(os_info.get("pretty_name", "")), str(kernel.get("release", ""))), 1.0))
-        for fs in _items(_result(latest, "filesystem.usage")):
-            fs_labels = (ip, str(fs.get("mountpoint", "")), str(fs.get("device", "")), str(fs.get("fstype", "")))
-            for out, field in ((fs_size_rows, "total"), (fs_avail_rows, "available")):
-                value = _number(fs.get(field))
-                if value is not None:
-                    out.append((ip, fs_labels, value))
-        for nic in _items(_result(latest, "network.stats")):
-            for out, field in ((rx_rows, "rx_bytes"), (tx_rows, "tx_bytes")):
-                value = _number(nic.get(field))
-                if value is not None:
-                    out.append((ip, (ip, str(nic.get("name", ""))), value))
-    return families, rows
+
+_LAST, _INTERVAL, _OK, _REPORTS, _INFO = range(1, 6)
+_FS_SIZE = 6 + len(SCALAR_GAUGES)
+_FS_AVAILABLE, _NET_RX, _NET_TX = _FS_SIZE + 1, _FS_SIZE + 2, _FS_SIZE + 3
+_SCALAR_FIELDS = [(6 + i, operation, field, scale) for i, (_, _, operation, field, scale) in enumerate(SCALAR_GAUGES)]
+# The operations whose latest results /metrics reads (the others' are not even decoded).
+METRIC_OPERATIONS = sorted({operation for _, operation, *_ in _SCALAR_FIELDS}
+                           | {"system.info", "filesystem.usage", "network.stats"})
+
+
+def _samples(ip: str, last_seen: float, interval: float, ok, reports: int,
+             results: dict) -> list[tuple[int, tuple, float]]:
+    """One machine's samples, (family index in _empty_families(), label values, value), in family order.
+
+    results: the latest result of each of METRIC_OPERATIONS the machine reported. A field missing or
+    not a number is left out for that machine (an old agent, a failing operation)."""
+    labels = (ip,)
+    out = [(_LAST, labels, last_seen), (_INTERVAL, labels, interval), (_OK, labels, 1.0 if ok else 0.0),
+           (_REPORTS, labels, float(reports))]
+    system = results.get("system.info")
+    if isinstance(system, dict):
+        os_info = system.get("os") if isinstance(system.get("os"), dict) else {}
+        kernel = system.get("kernel") if isinstance(system.get("kernel"), dict) else {}
+        out.append((_INFO, (ip, str(system.get("hostname", "")), str(system.get("agent_version", "")),
+                            str(os_info.get("pretty_name", "")), str(kernel.get("release", ""))), 1.0))
+    for index, operation, field, scale in _SCALAR_FIELDS:
+        result = results.get(operation)
+        if result.__class__ is dict:
+            value = result.get(field)
+            if value.__class__ in _NUMBERS:
+                out.append((index, labels, value * scale))
+    filesystems = [(fs, (ip, str(fs.get("mountpoint", "")), str(fs.get("device", "")), str(fs.get("fstype", ""))))
+                   for fs in _items(results.get("filesystem.usage"))]
+    nics = [(nic, (ip, str(nic.get("name", "")))) for nic in _items(results.get("network.stats"))]
+    for index, items, field in ((_FS_SIZE, filesystems, "total"), (_FS_AVAILABLE, filesystems, "available"),
+                                (_NET_RX, nics, "rx_bytes"), (_NET_TX, nics, "tx_bytes")):
+        for item, item_labels in items:
+            value = item.get(field)
+            if value.__class__ in _NUMBERS:
+                out.append((index, item_labels, float(value)))
+    return out
+
+
+def _machine_families(machines: list[tuple]) -> list[Metric]:
+    """The per-machine families of these machines (FleetReader.metric_rows), filled: a whole rendering."""
+    families = _empty_families()
+    for machine in machines:
+        for index, labels, value in _samples(*machine):
+            families[index].add_metric(labels, value)
+    return families
 
 
 def _filled(family: Metric, samples) -> Metric:
@@ -175,15 +184,18 @@ def _render(families: list[Metric]) -> list[tuple[str, list[str]]]:
 
 
 class _Rendered:
-    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines), and the
-    prefixes of its samples' lines (per family, {label values: 'name{labels} '}) as prometheus_client
-    rendered them: a label set the machine had before is not rendered again."""
+    """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines), and what
+    the next rendering reuses: each sample's (prefix, value, line) by (family index, label values). The
+    prefix ('name{labels} ') is prometheus_client's rendering of the label set, done once; a value the
+    next report repeats keeps its line."""
 
-    __slots__ = ("reports", "interval", "up_lines", "order", "prefixes")
+    __slots__ = ("reports", "interval", "up_lines", "order", "samples", "families")
 
-    def __init__(self, reports: int, interval: float, up_lines: tuple[str, str], order: int, prefixes: tuple):
-        self.reports, self.interval, self.up_lines, self.order = reports, interval, up_lines, order
-        self.prefixes = prefixes
+    def __init__(self, up_lines: tuple[str, str]):
+        self.up_lines = up_lines
+        self.reports, self.interval, self.order = 0, 0.0, 0
+        self.samples: dict[tuple, tuple[str, float, str]] = {}
+        self.families: dict[int, str] = {}   # family index -> the machine's lines in it
 
 
 class FleetMetrics:
@@ -216,11 +228,12 @@ class FleetMetrics:
         self.render_lock = threading.Lock()   # held while the rendered lines change (briefly) or are joined
         self.monitor = monitor                # the running monitor's counters (monitor_snapshot), or None
         self.rendered: dict[str, _Rendered] = {}
-        empty = _machine_families([])[0]
-        self.names = [family.name for family in empty]
-        self.headers = [header for header, _ in _render(empty)]
+        self.empty = _empty_families()
+        self.names = [family.name for family in self.empty]
+        self.headers = [header for header, _ in _render(self.empty)]
         # Family name -> machine -> its lines in that family: a scrape joins each family's values in C.
         self.lines: dict[str, dict[str, str]] = {name: {} for name in self.names if name != UP}
+        self._by_index = [self.lines.get(name) for name in self.names]
         self._renders = 0   # a counter: which machine waited longest since its rendering
         self._refresher: threading.Thread | None = None
         self.scrapes: list[float] = []        # monotonic times of the last two scrapes
@@ -262,73 +275,75 @@ class FleetMetrics:
                 batch = changed[start:start + RENDER_BATCH]
                 first_time = batch[-1] not in rendered   # machines not on /metrics yet: no pause
                 with self.rows_lock:
-                    machines = self.rows.machines(ordered=False, ips=batch)
+                    machines = self.rows.metric_rows(batch, METRIC_OPERATIONS)
                 self._render_machines(machines)
                 if cpu_share and not first_time:
                     time.sleep((time.thread_time() - began) * (1 / cpu_share - 1))
             return len(changed)
 
-    def _render_machines(self, machines: list[dict]):
-        machines = [m for m in machines if m["last_seen"] is not None]
-        families, rows = _machine_families(machines)
+    def _render_machines(self, machines: list[tuple]):
+        """Make these machines' lines (FleetReader.metric_rows) and put them in place of their old ones.
+
+        A sample's line is prometheus_client's: the prefix it renders for the label set ('name{labels} ',
+        names and values escaped) and the value as it formats it (floatToGoString), the bytes a
+        rendering of the whole family gives (a test compares them). Values change with every report,
+        label sets seldom: prometheus_client renders only the label sets a machine did not have at its
+        previous rendering (a new machine, a new mountpoint), and a value the report repeats (memory
+        total, a filesystem's size) keeps its line."""
         rendered = self.rendered
-        # A sample's line is prometheus_client's: the prefix it renders for the label set ('name{labels} ',
-        # names and values escaped) and the value as it formats it (floatToGoString), the bytes a
-        # rendering of the whole family gives (a test compares them). Values change with every report,
-        # label sets seldom: prometheus_client renders only the label sets a machine did not have at
-        # its previous rendering (a new machine, a new mountpoint).
-        empty: dict = {}
-        missing: list[list] = [[] for _ in families]
-        for index, family_rows in enumerate(rows):
-            if index == 0:   # mdp_machine_up: rendered once per machine (_up_family)
-                continue
-            for ip, labels, _ in family_rows:
-                previous = rendered.get(ip)
-                if labels not in (previous.prefixes[index] if previous is not None else empty):
-                    missing[index].append(labels)
-        fresh: list[dict] = [{} for _ in families]
-        to_render = [(index, _filled(families[index], [(labels, 0.0) for labels in dict.fromkeys(labels_list)]))
-                     for index, labels_list in enumerate(missing) if labels_list]
-        for (index, family), (_, lines) in zip(to_render, _render([family for _, family in to_render])):
-            for sample, line in zip(family.samples, lines):
-                fresh[index][tuple(sample.labels[name] for name in family._labelnames)] = line[:line.rindex(" ") + 1]
-        prefixes = {m["ip"]: [empty] * len(families) for m in machines}
-        new_lines: list[dict[str, str]] = [{} for _ in families]
-        for index, family_rows in enumerate(rows):
-            if index == 0:
-                continue
-            parts: dict[str, list[str]] = {}
-            for ip, labels, value in family_rows:
-                mine = prefixes[ip][index]
-                if mine is empty:
-                    mine = prefixes[ip][index] = {}
-                previous = rendered.get(ip)
-                prefix = previous.prefixes[index].get(labels) if previous is not None else None
-                if prefix is None:
-                    prefix = fresh[index][labels]
-                mine[labels] = prefix
-                parts.setdefault(ip, []).append(prefix + floatToGoString(value) + "\n")
-            new_lines[index] = {ip: "".join(lines) for ip, lines in parts.items()}
-        known = [m for m in machines if m["ip"] in rendered]
-        new = [m for m in machines if m["ip"] not in rendered]
-        up = _render([_up_family(new)])[0][1]   # the label set never changes: rendered once per machine
+        none: dict = {}
+        work, missing = [], {}   # missing: family index -> label sets to render, in order
+        for machine in machines:
+            samples = _samples(*machine)
+            previous = rendered.get(machine[0])
+            kept = previous.samples if previous is not None else none
+            for index, labels, _ in samples:
+                if (index, labels) not in kept:
+                    missing.setdefault(index, {})[labels] = None
+            work.append((machine, samples, kept))
+        fresh = {}
+        if missing:
+            indexes = list(missing)
+            to_render = [_filled(self.empty[index], [(labels, 0.0) for labels in missing[index]]) for index in indexes]
+            for index, (_, lines) in zip(indexes, _render(to_render)):
+                for labels, line in zip(missing[index], lines):
+                    fresh[(index, labels)] = line[:line.rindex(" ") + 1]
+        made = []
+        for machine, samples, kept in work:
+            cache, families = {}, {}
+            current = parts = None
+            for index, labels, value in samples:
+                key = (index, labels)
+                sample = kept.get(key)
+                if sample is None:
+                    prefix = fresh[key]
+                    sample = (prefix, value, prefix + floatToGoString(value) + "\n")
+                elif value != sample[1] or not value:   # changed (a zero is formatted again: it may be -0.0)
+                    prefix = sample[0]
+                    sample = (prefix, value, prefix + floatToGoString(value) + "\n")
+                cache[key] = sample
+                line = sample[2]
+                if index == current:
+                    parts.append(line)
+                else:
+                    current, parts = index, [line]
+                    families[index] = parts
+            made.append((machine, cache, {index: "".join(parts) for index, parts in families.items()}))
+        new = [machine[0] for machine in machines if machine[0] not in rendered]
+        up = _render([_up_family(new)])[0][1] if new else []   # the label set never changes: rendered once
+        by_index = self._by_index
         with self.render_lock:
-            for family, by_ip in zip(families[1:], new_lines[1:]):
-                by_machine = self.lines[family.name]
-                for m in machines:   # a value the new report lacks disappears with it
-                    lines = by_ip.get(m["ip"])
-                    if lines is None:
-                        by_machine.pop(m["ip"], None)
-                    else:
-                        by_machine[m["ip"]] = lines
-            for m in known:
-                entry = rendered[m["ip"]]
-                entry.reports, entry.interval, entry.order = m["reports"], m["interval"], self._renders
-                entry.prefixes = tuple(prefixes[m["ip"]])
-                self._renders += 1
-            for index, m in enumerate(new):
-                rendered[m["ip"]] = _Rendered(m["reports"], m["interval"], (up[2 * index], up[2 * index + 1]),
-                                              self._renders, tuple(prefixes[m["ip"]]))
+            for index, ip in enumerate(new):
+                rendered[ip] = _Rendered((up[2 * index], up[2 * index + 1]))
+            for (ip, _, interval, _, reports, _), cache, families in made:
+                entry = rendered[ip]
+                for index in entry.families:   # a value the new report lacks disappears with it
+                    if index not in families:
+                        del by_index[index][ip]
+                for index, lines in families.items():
+                    by_index[index][ip] = lines
+                entry.reports, entry.interval, entry.order = reports, interval, self._renders
+                entry.samples, entry.families = cache, families
                 self._renders += 1
 
     def exposition(self) -> bytes:

@@ -428,6 +428,26 @@ class FleetReader:
                         "latest": latest.get(address, {})})
         return out
 
+    def metric_rows(self, ips: list[str], operations: list[str]) -> list[tuple]:
+        """(ip, last_seen, interval, last_status, reports, {operation: latest result}) of those of these
+        machines that reported: what /metrics renders, and only that (the latest results of these
+        operations, errors left out), read in two queries."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        chosen = json.dumps(ips)
+        results: dict[str, dict] = {}
+        for address, name, result in cursor.execute(
+                "SELECT ip, name, result FROM latest WHERE ip IN (SELECT value FROM json_each(?)) "
+                "AND name IN (SELECT value FROM json_each(?)) AND result IS NOT NULL", (chosen, json.dumps(operations))):
+            by_name = results.get(address)
+            if by_name is None:
+                by_name = results[address] = {}
+            by_name[name] = _loads(result)
+        return [(address, last_seen, self.interval(address, reports), last_status, reports, results.get(address, {}))
+                for address, last_seen, reports, last_status in cursor.execute(
+                    "SELECT ip, last_seen, reports, last_status FROM machines WHERE ip IN (SELECT value FROM json_each(?))",
+                    (chosen,)).fetchall()]
+
     def sort_key(self, ip: str):
         """ip_sort_key(ip), remembered."""
         key = self._sort_keys.get(ip)

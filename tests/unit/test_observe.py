@@ -204,14 +204,19 @@ def test_prometheus_client_renders_a_label_set_once_and_later_values_reuse_its_p
     metrics.refresh()
     memory = metrics.names.index("mdp_memory_total_bytes")
     filesystem = metrics.names.index("mdp_filesystem_size_bytes")
-    kept = metrics.rendered["10.0.0.5"].prefixes[memory][("10.0.0.5",)]
-    assert kept == 'mdp_memory_total_bytes{machine="10.0.0.5"} '
+    load = metrics.names.index("mdp_load1")
+    kept = metrics.rendered["10.0.0.5"].samples[(memory, ("10.0.0.5",))]
+    assert kept[0] == 'mdp_memory_total_bytes{machine="10.0.0.5"} '
+    load_prefix = metrics.rendered["10.0.0.5"].samples[(load, ("10.0.0.5",))][0]
     store.add("10.0.0.5", report(load1=2.0, mountpoint="/srv"), received_at=now - 10)
     store.add("10.0.0.6", report(load1=-0.0), received_at=now - 10)
     store.flush()
     assert metrics.refresh() == 2
-    assert metrics.rendered["10.0.0.5"].prefixes[memory][("10.0.0.5",)] is kept   # not rendered again
-    assert list(metrics.rendered["10.0.0.5"].prefixes[filesystem]) == [("10.0.0.5", "/srv", "/dev/x", "ext4")]
+    # The same memory total: the same line, not even formatted again; the load's line is made anew.
+    assert metrics.rendered["10.0.0.5"].samples[(memory, ("10.0.0.5",))] is kept
+    assert metrics.rendered["10.0.0.5"].samples[(load, ("10.0.0.5",))][0] is load_prefix
+    assert [labels for index, labels in metrics.rendered["10.0.0.5"].samples if index == filesystem] == [
+        ("10.0.0.5", "/srv", "/dev/x", "ext4")]
     text = metrics.exposition().decode()
     assert 'mdp_load1{machine="10.0.0.5"} 2.0' in text and 'mdp_load1{machine="10.0.0.6"} -0.0' in text
     assert 'mdp_machine_reports_total{machine="10.0.0.5"} 2.0' in text
@@ -224,7 +229,7 @@ def test_the_exposition_is_byte_for_byte_what_prometheus_client_renders_of_the_w
     need escaping."""
     from prometheus_client import generate_latest
 
-    from mdp_controller.metrics import UP, _Families, _machine_families
+    from mdp_controller.metrics import METRIC_OPERATIONS, UP, _Families, _machine_families
     db = tmp_path / "mdp.db"
     store = ReportStore(db)
     values = [0.0, -0.0, 1.0, 0.1, 1e-7, 123456789.0, 1e21, 2.5e15, 7, 10 ** 17, 3.14159]
@@ -237,10 +242,8 @@ def test_the_exposition_is_byte_for_byte_what_prometheus_client_renders_of_the_w
         store.flush()
         metrics = metrics or FleetMetrics(str(db))   # one renderer: later rounds reuse its prefixes
         metrics.refresh()
-    families, rows = _machine_families(FleetReader(db).machines())
-    for family, family_rows in zip(families, rows):
-        for _, labels, value in family_rows:
-            family.add_metric(labels, value)
+    reader = FleetReader(db)
+    families = _machine_families(reader.metric_rows([m["ip"] for m in reader.machines()], METRIC_OPERATIONS))
     expected = generate_latest(_Families([f for f in families if f.name != UP])).decode()
     body = metrics.exposition().decode()
     def sample_lines(text):
