@@ -43,9 +43,9 @@ INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS reports_msg_id ON reports (msg_id);
 # means ours, as protocol.check_payload_version says). The CASE keeps SQLite from reading an invalid
 # body as JSON at all.
 _MAJOR = str(protocol.PROTOCOL_VERSION)
-VALID_REPORT = ("CASE WHEN json_valid(body) THEN json_type(body) = 'object' AND "
-                f"(COALESCE(CAST(json_extract(body, '$.version') AS TEXT), '{_MAJOR}') GLOB '{_MAJOR}' "
-                f"OR CAST(json_extract(body, '$.version') AS TEXT) GLOB '{_MAJOR}.*') ELSE 0 END")
+VALID_REPORT = ("CASE WHEN json_valid(?3) THEN json_type(?3) = 'object' AND "
+                f"(COALESCE(CAST(json_extract(?3, '$.version') AS TEXT), '{_MAJOR}') GLOB '{_MAJOR}' "
+                f"OR CAST(json_extract(?3, '$.version') AS TEXT) GLOB '{_MAJOR}.*') ELSE 0 END")
 
 
 # Checkpoints (copying the WAL back into the database file) cost the writer more than its inserts at
@@ -191,15 +191,12 @@ class ReportStore:
             rows.append((ip, received_at, text if text is not None else json.dumps(report), msg_id))
         with self.conn:
             last = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM reports").fetchone()[0]
+            # A report that is not storable is not inserted (one statement reads the body's JSON once;
+            # a second pass over the new rows to find and delete those parsed every body again).
             self.conn.executemany(
-                "INSERT INTO reports (ip, received_at, reported_at, status, body, msg_id) VALUES "
-                "(?1, ?2, CASE WHEN json_valid(?3) THEN json_extract(?3, '$.reported_at') END, "
-                "CASE WHEN json_valid(?3) THEN COALESCE(json_extract(?3, '$.status') = 1, 0) ELSE 0 END, ?3, ?4)",
-                rows)
-            bad = {row[0] for row in self.conn.execute(
-                f"SELECT msg_id FROM reports WHERE id > ? AND NOT ({VALID_REPORT})", (last,))}
-            if bad:
-                self.conn.execute(f"DELETE FROM reports WHERE id > ? AND NOT ({VALID_REPORT})", (last,))
+                "INSERT INTO reports (ip, received_at, reported_at, status, body, msg_id) SELECT "
+                "?1, ?2, json_extract(?3, '$.reported_at'), COALESCE(json_extract(?3, '$.status') = 1, 0), ?3, ?4 "
+                f"WHERE {VALID_REPORT}", rows)
             # The operations are addressed by their path in the report (o.fullkey, '$.operations[N]'),
             # not through o.value: that is each operation's JSON rendered as new text, parsed again by
             # each function reading it (41 us a report here); the body's own parse is cached.
@@ -221,8 +218,12 @@ class ReportStore:
             # SQL walked the whole reports_ip_time index for it, and its last status all of a machine's
             # reports, at every flush (70 us a report at 65,000 rows, growing with the table).
             counts: dict[str, list] = {}
-            for ip, received_at, status in self.conn.execute(
-                    "SELECT ip, received_at, status FROM reports WHERE id > ? ORDER BY id", (last,)):
+            stored = 0
+            kept: set[str | None] = set()
+            for ip, received_at, status, msg_id in self.conn.execute(
+                    "SELECT ip, received_at, status, msg_id FROM reports WHERE id > ? ORDER BY id", (last,)):
+                stored += 1
+                kept.add(msg_id)
                 machine = counts.get(ip)
                 if machine is None:
                     counts[ip] = [ip, received_at, received_at, 1, status]
@@ -234,8 +235,9 @@ class ReportStore:
                 "INSERT INTO machines (ip, first_seen, last_seen, reports, last_status) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(ip) DO UPDATE SET last_seen = excluded.last_seen, "
                 "reports = reports + excluded.reports, last_status = excluded.last_status", counts.values())
-        acks = [row[5] for row in batch if row[5] is not None and row[4] not in bad]
-        return len(rows) - len(bad), len(bad), acks
+        # Acknowledged: what is now held, stored by this batch or before it (a report sent again).
+        acks = [row[5] for row in batch if row[5] is not None and (row[4] in kept or row[4] in known)]
+        return stored, len(rows) - stored, acks
 
     def flush(self) -> list:
         """Write buffered reports in one transaction, here and now. Returns the ack tokens of every
