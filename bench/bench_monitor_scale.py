@@ -52,7 +52,8 @@ TARGET_SCRAPE_S = 1.0
 SCRAPE_GAP_S = 15.0        # a common Prometheus scrape_interval (its default is 1 m)
 
 
-def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, scrapes: int, out) -> dict:
+def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, scrapes: int, out,
+                      scrape_gap: float = SCRAPE_GAP_S) -> dict:
     monitor_ip = C.address(MONITOR_BLOCK, 0)
     if C.udp_port_bound(monitor_ip, C.AGENT_PORT):
         raise SystemExit(f"bench_monitor_scale: {monitor_ip}:{C.AGENT_PORT} is in use; is another run going?")
@@ -91,14 +92,14 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
         measured_from = start + every
         cpu_at = wall_at = half = None
         scrape_times, api_times, sizes, up_during = [], [], [], []
-        # First half: ingest alone. Second half: ingest with a scrape every SCRAPE_GAP_S, as Prometheus does.
+        # First half: ingest alone. Second half: ingest with a scrape every scrape_gap, as Prometheus does.
         midpoint = measured_from + duration / 2
         next_scrape = midpoint
         end = measured_from + duration
         scraper = None
 
         def scrape_loop():
-            """Like Prometheus: a scrape every SCRAPE_GAP_S, in its own thread so the reports keep their pace."""
+            """Like Prometheus: a scrape every scrape_gap, in its own thread so the reports keep their pace."""
             planned = time.perf_counter()
             while len(scrape_times) < scrapes and time.perf_counter() < end:
                 t0 = time.perf_counter()
@@ -108,14 +109,14 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
                 sizes.append(len(text))
                 up_during.append(sum(1 for line in text.splitlines()
                                      if line.startswith("mdp_machine_up{") and line.endswith(" 1.0")))
-                planned += SCRAPE_GAP_S
+                planned += scrape_gap
                 time.sleep(max(0.0, planned - time.perf_counter()))
         while True:
             now = time.perf_counter()
             if now >= end:
                 break
             if cpu_at is None and now >= measured_from:
-                cpu_at, wall_at, sent_at = C.cpu_seconds(monitor.pid), now, sent
+                cpu_at, wall_at, sent_at, http_at = C.cpu_seconds(monitor.pid), now, sent, _children_cpu(monitor.pid)
             if half is None and now >= midpoint:
                 half = (C.cpu_seconds(monitor.pid), now, sent, _children_cpu(monitor.pid))
             due = int((now - start) * rate)
@@ -139,6 +140,7 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
         reports_measured = half[2] - sent_at
         scraped_share = (cpu_end - half[0]) / (wall_end - half[1])
         http_share = (http_cpu_end - half[3]) / (wall_end - half[1])
+        http_quiet_share = (half[3] - http_at) / wall
         _wait_until_rows_settle(db, sent)
         # Quiet scrapes (no ingest) for comparison, now that every machine is in the database.
         quiet = []
@@ -165,7 +167,8 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
     result = {"machines": machines, "every_s": every, "duration_s": duration, "reports_per_s": round(rate),
               "sent": sent, "stored": rows, "lost": sent - rows,
               "cpu_share": round(cpu / wall, 3), "cpu_us_per_report": round(cpu / max(1, reports_measured) * 1e6, 1),
-              "cpu_share_with_scrapes": round(scraped_share, 3), "scrape_gap_s": SCRAPE_GAP_S,
+              "cpu_share_with_scrapes": round(scraped_share, 3), "scrape_gap_s": scrape_gap,
+              "http_process_cpu_share_without_scrapes": round(http_quiet_share, 3),
               "http_process_cpu_share": round(http_share, 3),
               "scrapes": len(scrape_times),
               "scrape_s_median": round(statistics.median(scrape_times), 3) if scrape_times else None,
@@ -177,7 +180,7 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
               "monitor_rss_mib": round(rss_mib, 1)}
     print(f"ingest: {reports_measured:,} reports in {wall:.1f} s; monitor CPU {cpu:.1f} s = "
           f"{result['cpu_share']:.1%} of a core ({result['cpu_us_per_report']} us/report; target < "
-          f"{TARGET_CPU_SHARE:.0%}); with a /metrics scrape every {SCRAPE_GAP_S:g} s: collector "
+          f"{TARGET_CPU_SHARE:.0%}); HTTP process {result['http_process_cpu_share_without_scrapes']:.1%}; with a /metrics scrape every {scrape_gap:g} s: collector "
           f"{result['cpu_share_with_scrapes']:.1%} + HTTP process {result['http_process_cpu_share']:.1%}; stored {rows:,} of {sent:,} sent; RSS "
           f"{result['monitor_rss_mib']} MiB", file=out, flush=True)
     print(f"scrape: /metrics of {machines:,} machines ({result['metrics_bytes'] / 1e6:.1f} MB, {up:,} up) in "
@@ -293,13 +296,13 @@ def _pages_in_use(conn: sqlite3.Connection) -> int:
 
 
 def run(machines: int = 10000, every: float = 10.0, duration: float = 60.0, scrapes: int = 5, out=sys.stdout,
-        with_growth: bool = True) -> dict:
+        with_growth: bool = True, scrape_gap: float = SCRAPE_GAP_S) -> dict:
     C.raise_nofile(machines + 256)
     results = {"loadavg_1m": round(C.loadavg(), 2)}
     with tempfile.TemporaryDirectory(prefix="mdp-bench-scale-") as tmp:
         if with_growth:
             results["growth"] = growth(Path(tmp), out=out)
-        results.update(ingest_and_scrape(Path(tmp), machines, every, duration, scrapes, out))
+        results.update(ingest_and_scrape(Path(tmp), machines, every, duration, scrapes, out, scrape_gap))
     return results
 
 
@@ -308,12 +311,15 @@ def main(argv=None):
     p.add_argument("--machines", type=int, default=10000)
     p.add_argument("--every", type=float, default=10.0, help="seconds between one machine's reports")
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds (after one EVERY of warm-up): "
-                   "the first half without scrapes, the second with one every 15 s")
+                   "the first half without scrapes, the second with one every --scrape-gap seconds")
+    p.add_argument("--scrape-gap", type=float, default=SCRAPE_GAP_S,
+                   help="seconds between scrapes, Prometheus's scrape_interval (its default: 60)")
     p.add_argument("--scrapes", type=int, default=5, help="at most this many scrapes in the second half")
     p.add_argument("--no-growth", action="store_true", help="skip the database growth measurement")
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     args = p.parse_args(argv)
-    result = run(args.machines, args.every, args.duration, args.scrapes, with_growth=not args.no_growth)
+    result = run(args.machines, args.every, args.duration, args.scrapes, with_growth=not args.no_growth,
+                 scrape_gap=args.scrape_gap)
     if args.json:
         print(json.dumps(result, indent=1))
 
