@@ -351,3 +351,40 @@ def test_monitor_info_records_and_forgets_the_page(tmp_path):
     assert monitor_info(db) == {"url": "http://127.0.0.1:9123/", "pid": "42"}
     set_monitor_info(store.conn, {"url": None, "pid": None})
     assert monitor_info(db) == {}
+
+
+def test_a_steady_machine_keeps_its_interval_without_a_query_and_a_new_interval_is_seen(tmp_path):
+    """Every INTERVAL_SAMPLE reports a reader looks at a machine's interval again: reports still about one
+    interval apart keep the estimate without reading them; reports at a new pace are read and estimated."""
+    db = tmp_path / "mdp.db"
+    store = ReportStore(db)
+    at = 1000.0
+
+    def send(count, every):
+        nonlocal at
+        for _ in range(count):
+            at += every
+            store.add("10.0.0.5", dict(report(), reported_at=at), received_at=at + 0.2)
+        store.flush()
+
+    reader = FleetReader(db)
+    queries = []
+    reader.conn.set_trace_callback(lambda sql: queries.append(sql) if "FROM reports" in sql else None)
+
+    def interval():
+        return reader.machines(now=at)[0]["interval"]
+
+    send(6, 10.0)
+    assert interval() == 10.0 and len(queries) == 1
+    send(4, 10.0)      # fewer than INTERVAL_SAMPLE new reports: not looked at
+    send(6, 11.5)      # a little slower (a lost report looks like this): the estimate stands, unread
+    assert interval() == 10.0 and len(queries) == 1
+    send(6, 60.0)      # the operator set a new interval
+    assert interval() == 60.0 and len(queries) == 2
+    for _ in range(3):  # a backlog: made 60 s apart, received at once, is read and keeps the interval
+        at += 60.0
+        store.add("10.0.0.5", dict(report(), reported_at=at), received_at=at + 300)
+    store.add("10.0.0.5", dict(report(), reported_at=at + 60), received_at=at + 300.1)
+    store.add("10.0.0.5", dict(report(), reported_at=at + 120), received_at=at + 300.2)
+    store.flush()
+    assert interval() == 60.0 and len(queries) == 3
