@@ -41,10 +41,6 @@ SCALAR_GAUGES = [
 _NUMBERS = (int, float)   # exactly these: JSON's numbers (a bool is an int, and not a value here)
 
 
-def _number(value) -> float | None:
-    return float(value) if value.__class__ in _NUMBERS else None
-
-
 UP = "mdp_machine_up"
 UP_HELP = "1 while reports arrive within three of the machine's report intervals, else 0."
 # Machines rendered per prometheus_client call (and per read of their rows): bounds how long a

@@ -41,7 +41,7 @@ MIGRATIONS = [
 INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS reports_msg_id ON reports (msg_id);"
 # A storable report: a JSON object whose payload version has this protocol's major number (missing
 # means ours, as protocol.check_payload_version says). The CASE keeps SQLite from reading an invalid
-# body as JSON at all.
+# body as JSON at all. ?3 is the body: the parameter of ReportStore.write's INSERT that uses it.
 _MAJOR = str(protocol.PROTOCOL_VERSION)
 VALID_REPORT = ("CASE WHEN json_valid(?3) THEN json_type(?3) = 'object' AND "
                 f"(COALESCE(CAST(json_extract(?3, '$.version') AS TEXT), '{_MAJOR}') GLOB '{_MAJOR}' "
