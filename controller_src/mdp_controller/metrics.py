@@ -181,17 +181,39 @@ def _render(families: list[Metric]) -> list[tuple[str, list[str]]]:
 
 class _Rendered:
     """What a scrape needs of one machine beside its lines in each family (FleetMetrics.lines), and what
-    the next rendering reuses: each sample's (prefix, value, line) by (family index, label values). The
-    prefix ('name{labels} ') is prometheus_client's rendering of the label set, done once; a value the
-    next report repeats keeps its line."""
+    the next rendering reuses: its samples as four lists in exposition order, each sample's (family
+    index, label values), prefix ('name{labels} ', prometheus_client's rendering of the label set, done
+    once), value and line, and where each family's lines start and end. A value the next report
+    repeats keeps its line; a report with the same label sets (nearly every one) is matched by one
+    comparison of the lists of keys."""
 
-    __slots__ = ("reports", "interval", "up_lines", "order", "samples", "families")
+    __slots__ = ("reports", "interval", "up_lines", "order", "keys", "prefixes", "values", "lines", "groups",
+                 "families")
 
     def __init__(self, up_lines: tuple[str, str]):
         self.up_lines = up_lines
         self.reports, self.interval, self.order = 0, 0.0, 0
-        self.samples: dict[tuple, tuple[str, float, str]] = {}
+        self.keys: list[tuple[int, tuple]] = []
+        self.prefixes: list[str] = []
+        self.values: list[float] = []
+        self.lines: list[str] = []
+        self.groups: list[tuple[int, int, int]] = []   # (family index, first sample, past the last)
         self.families: dict[int, str] = {}   # family index -> the machine's lines in it
+
+    @property
+    def samples(self) -> dict[tuple, tuple[str, float, str]]:
+        """(family index, label values) -> (prefix, value, line): for reading, not for the hot path."""
+        return {key: sample for key, *sample in zip(self.keys, self.prefixes, self.values, self.lines)}
+
+
+def _groups(keys: list[tuple[int, tuple]]) -> list[tuple[int, int, int]]:
+    """(family index, first, past the last) of each run of samples of one family, in order."""
+    groups, start = [], 0
+    for at in range(1, len(keys) + 1):
+        if at == len(keys) or keys[at][0] != keys[start][0]:
+            groups.append((keys[start][0], start, at))
+            start = at
+    return groups
 
 
 class FleetMetrics:
@@ -287,51 +309,48 @@ class FleetMetrics:
         previous rendering (a new machine, a new mountpoint), and a value the report repeats (memory
         total, a filesystem's size) keeps its line."""
         rendered = self.rendered
-        none: dict = {}
         work, missing = [], {}   # missing: family index -> label sets to render, in order
         for machine in machines:
             samples = _samples(*machine)
+            keys = [(index, labels) for index, labels, _ in samples]
+            values = [value for _, _, value in samples]
             previous = rendered.get(machine[0])
-            kept = previous.samples if previous is not None else none
-            for index, labels, _ in samples:
-                if (index, labels) not in kept:
-                    missing.setdefault(index, {})[labels] = None
-            work.append((machine, samples, kept))
-        fresh = {}
+            if previous is not None and keys == previous.keys:   # the same label sets: reuse as they are
+                work.append((machine, keys, values, previous.prefixes, previous.values, previous.lines,
+                             previous.groups))
+                continue
+            known = previous.samples if previous is not None else {}
+            old = [known.get(key, (None, None, None)) for key in keys]
+            for key, (prefix, _, _) in zip(keys, old):
+                if prefix is None:
+                    missing.setdefault(key[0], {})[key[1]] = None
+            work.append((machine, keys, values, [sample[0] for sample in old], [sample[1] for sample in old],
+                         [sample[2] for sample in old], _groups(keys)))
         if missing:
+            fresh = {}
             indexes = list(missing)
             to_render = [_filled(self.empty[index], [(labels, 0.0) for labels in missing[index]]) for index in indexes]
             for index, (_, lines) in zip(indexes, _render(to_render)):
                 for labels, line in zip(missing[index], lines):
                     fresh[(index, labels)] = line[:line.rindex(" ") + 1]
+            for _, keys, _, prefixes, _, _, _ in work:
+                for at, prefix in enumerate(prefixes):
+                    if prefix is None:
+                        prefixes[at] = fresh[keys[at]]
         made = []
-        for machine, samples, kept in work:
-            cache, families = {}, {}
-            current = parts = None
-            for index, labels, value in samples:
-                key = (index, labels)
-                sample = kept.get(key)
-                if sample is None:
-                    prefix = fresh[key]
-                    sample = (prefix, value, prefix + floatToGoString(value) + "\n")
-                elif value != sample[1] or not value:   # changed (a zero is formatted again: it may be -0.0)
-                    prefix = sample[0]
-                    sample = (prefix, value, prefix + floatToGoString(value) + "\n")
-                cache[key] = sample
-                line = sample[2]
-                if index == current:
-                    parts.append(line)
-                else:
-                    current, parts = index, [line]
-                    families[index] = parts
-            made.append((machine, cache, {index: "".join(parts) for index, parts in families.items()}))
+        for machine, keys, values, prefixes, old_values, old_lines, groups in work:
+            # A changed value gets a new line (a zero too: it may be -0.0, which equals 0.0).
+            lines = [line if value == old_value and value else prefix + floatToGoString(value) + "\n"
+                     for prefix, value, old_value, line in zip(prefixes, values, old_values, old_lines)]
+            families = {index: "".join(lines[start:end]) for index, start, end in groups}
+            made.append((machine, (keys, prefixes, values, lines, groups), families))
         new = [machine[0] for machine in machines if machine[0] not in rendered]
         up = _render([_up_family(new)])[0][1] if new else []   # the label set never changes: rendered once
         by_index = self._by_index
         with self.render_lock:
             for index, ip in enumerate(new):
                 rendered[ip] = _Rendered((up[2 * index], up[2 * index + 1]))
-            for (ip, _, interval, _, reports, _), cache, families in made:
+            for (ip, _, interval, _, reports, _), samples, families in made:
                 entry = rendered[ip]
                 for index in entry.families:   # a value the new report lacks disappears with it
                     if index not in families:
@@ -339,7 +358,8 @@ class FleetMetrics:
                 for index, lines in families.items():
                     by_index[index][ip] = lines
                 entry.reports, entry.interval, entry.order = reports, interval, self._renders
-                entry.samples, entry.families = cache, families
+                entry.keys, entry.prefixes, entry.values, entry.lines, entry.groups = samples
+                entry.families = families
                 self._renders += 1
 
     def exposition(self) -> bytes:

@@ -213,13 +213,21 @@ def test_prometheus_client_renders_a_label_set_once_and_later_values_reuse_its_p
     store.flush()
     assert metrics.refresh() == 2
     # The same memory total: the same line, not even formatted again; the load's line is made anew.
-    assert metrics.rendered["10.0.0.5"].samples[(memory, ("10.0.0.5",))] is kept
+    assert metrics.rendered["10.0.0.5"].samples[(memory, ("10.0.0.5",))][2] is kept[2]
     assert metrics.rendered["10.0.0.5"].samples[(load, ("10.0.0.5",))][0] is load_prefix
     assert [labels for index, labels in metrics.rendered["10.0.0.5"].samples if index == filesystem] == [
         ("10.0.0.5", "/srv", "/dev/x", "ext4")]
     text = metrics.exposition().decode()
     assert 'mdp_load1{machine="10.0.0.5"} 2.0' in text and 'mdp_load1{machine="10.0.0.6"} -0.0' in text
     assert 'mdp_machine_reports_total{machine="10.0.0.5"} 2.0' in text
+    assert sorted(text.splitlines()) == sorted(FleetMetrics(str(db)).exposition().decode().splitlines())
+    # The same label sets again (the fast path): the memory line is still the one first made.
+    store.add("10.0.0.5", report(load1=3.0, mountpoint="/srv"), received_at=now - 5)
+    store.flush()
+    assert metrics.refresh() == 1
+    assert metrics.rendered["10.0.0.5"].samples[(memory, ("10.0.0.5",))][2] is kept[2]
+    text = metrics.exposition().decode()
+    assert 'mdp_load1{machine="10.0.0.5"} 3.0' in text
     assert sorted(text.splitlines()) == sorted(FleetMetrics(str(db)).exposition().decode().splitlines())
 
 
