@@ -7,6 +7,7 @@ listens on 127.10.0.0/16 (never 127.0.0.1-9, which the demo and the tests use) a
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import platform
 import resource
@@ -171,6 +172,24 @@ def cpu_seconds(pid: int) -> float:
 def loadavg() -> float:
     """The 1-minute load average: other work on this machine skews every wall-clock number."""
     return os.getloadavg()[0]
+
+
+def reference_ms(rounds: int = 5) -> float:
+    """CPU milliseconds of a fixed pure-Python workload (JSON, dicts, string formatting: what the
+    monitor spends its time on), the best of `rounds`. This VM's speed varied by 1.6x between
+    sessions; printed beside a run's numbers, it says how fast the machine was while they were taken."""
+    report = {"operations": [{"name": "memory.info", "result": {"total": 2 ** 34 + n, "available": n * 4096}}
+                             for n in range(20)]}
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.thread_time()
+        for n in range(2000):
+            text = json.dumps(report)
+            lines = {(op["name"], field): 'm{machine="%d"} %r\n' % (n, float(value))
+                     for op in json.loads(text)["operations"] for field, value in op["result"].items()}
+            "".join(lines.values())
+        best = min(best, time.thread_time() - started)
+    return best * 1000
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.02):

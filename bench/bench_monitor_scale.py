@@ -58,6 +58,7 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
     if C.udp_port_bound(monitor_ip, C.AGENT_PORT):
         raise SystemExit(f"bench_monitor_scale: {monitor_ip}:{C.AGENT_PORT} is in use; is another run going?")
     ips = C.addresses(SOURCE_BLOCK, machines)
+    reference = C.reference_ms()
     keys = []
     for ip in ips:
         text = C.new_key_text()
@@ -85,7 +86,9 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
         rate = machines / every
         tick = 0.05
         print(f"{machines:,} machines, one report each every {every:g} s = {rate:,.0f} reports/s for "
-              f"{duration:g} s (+{every:g} s warm-up); report JSON {len(body)} bytes", file=out, flush=True)
+              f"{duration:g} s (+{every:g} s warm-up); report JSON {len(body)} bytes; this VM's speed: "
+              f"reference workload {reference:.0f} ms (bench/_common.py reference_ms, lower is faster)",
+              file=out, flush=True)
 
         sent = 0
         start = time.perf_counter()
@@ -164,7 +167,8 @@ def ingest_and_scrape(tmp: Path, machines: int, every: float, duration: float, s
             sock.close()
         C.stop_process(monitor)
     rows = _rows(db)
-    result = {"machines": machines, "every_s": every, "duration_s": duration, "reports_per_s": round(rate),
+    result = {"reference_ms": round(reference, 1), "machines": machines, "every_s": every, "duration_s": duration,
+              "reports_per_s": round(rate),
               "sent": sent, "stored": rows, "lost": sent - rows,
               "cpu_share": round(cpu / wall, 3), "cpu_us_per_report": round(cpu / max(1, reports_measured) * 1e6, 1),
               "cpu_share_with_scrapes": round(scraped_share, 3), "scrape_gap_s": scrape_gap,
